@@ -1,0 +1,50 @@
+# Verbs people reach for. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+.PHONY: help
+help: ## List the verbs
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: install
+install: $(BIN)/.installed ## Create .venv and install the project with its test tools
+
+.PHONY: dev
+dev: install ## Run the whole service locally (embedded PostgreSQL and Redis unless URLs are set)
+	$(BIN)/contacts-ingest dev
+
+.PHONY: run
+run: dev ## Same as dev
+
+.PHONY: test
+test: install ## Run the whole test suite (needs PostgreSQL and Redis, see README)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: unit
+unit: install ## Run the unit tests only (no servers needed)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: install ## Check formatting, lint and types
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+.PHONY: format
+format: install ## Format the code and apply safe lint fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: clean
+clean: ## Remove the virtualenv, caches and local dev data
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .contacts-ingest *.egg-info

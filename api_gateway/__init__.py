@@ -1,0 +1,1 @@
+"""The HTTP edge: a small WSGI application that authenticates, limits, validates and enqueues."""

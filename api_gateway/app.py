@@ -1,0 +1,83 @@
+"""The gateway's app factory: every collaborator comes in as an argument."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import falcon
+import orjson
+import redis
+from falcon.media import JSONHandler
+from sqlalchemy.exc import SQLAlchemyError
+
+from api_gateway.middleware import AuthMiddleware, RequestIdMiddleware
+from api_gateway.resources import ContactsResource, HealthResource, JobResource, ReadyResource
+from contacts_ingest.jobs import JobBoard, JobPublisher
+from contacts_ingest.settings import Settings
+from contacts_ingest.status import FinalJobReader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatewayDeps:
+    """What the gateway talks to. Tests pass fakes; ``api_gateway.wsgi`` the real ones."""
+
+    # Presented API key -> user id, or None for a missing, unknown or revoked key.
+    user_for_key: Callable[[str], str | None]
+    board: JobBoard
+    publish: JobPublisher
+    # Job id -> its final status row from PostgreSQL, or None.
+    final_job: FinalJobReader
+    # Name -> a check that raises if that dependency is unreachable.
+    readiness: Mapping[str, Callable[[], Any]]
+
+
+def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    body: dict[str, Any] = {"error": exc.description or exc.title}
+    errors = getattr(exc, "errors", None)
+    if errors:
+        body["errors"] = errors
+    resp.data = orjson.dumps(body)
+    resp.content_type = falcon.MEDIA_JSON
+
+
+def _unavailable(
+    req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]
+) -> None:
+    log.error("dependency unavailable: %s", type(exc).__name__, extra={"path": req.path})
+    raise falcon.HTTPServiceUnavailable(
+        description="Service temporarily unavailable, try again", retry_after=1
+    ) from exc
+
+
+def _not_found(req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+    raise falcon.HTTPNotFound(description="Not found")
+
+
+def create_app(
+    settings: Settings, deps: GatewayDeps
+) -> falcon.App[falcon.Request, falcon.Response]:
+    """Build the WSGI application."""
+    middleware: list[Any] = [RequestIdMiddleware(), AuthMiddleware(deps.user_for_key)]
+    app = falcon.App(
+        middleware=middleware,
+        cors_enable=False,
+    )
+    json_handler = JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+    app.req_options.strip_url_path_trailing_slash = True
+    app.set_error_serializer(_serialize_error)
+    app.add_error_handler(redis.RedisError, _unavailable)
+    app.add_error_handler(SQLAlchemyError, _unavailable)
+
+    app.add_route("/io/contacts/contacts", ContactsResource(settings, deps.board, deps.publish))
+    app.add_route("/io/contacts/jobs/{job_id}", JobResource(deps.board, deps.final_job))
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/readyz", ReadyResource(deps.readiness))
+    app.add_sink(_not_found, "/")
+    return app

@@ -1,0 +1,45 @@
+"""Cross-cutting concerns: request ids and bearer-key authentication."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+
+
+class RequestIdMiddleware:
+    """Carries the caller's X-Request-ID (or a fresh one) into the context and the answer."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        given = req.get_header(REQUEST_ID_HEADER)
+        req.context.request_id = (
+            given if given and _SAFE_REQUEST_ID.match(given) else "req_" + secrets.token_hex(8)
+        )
+        resp.set_header(REQUEST_ID_HEADER, req.context.request_id)
+
+
+class AuthMiddleware:
+    """Requires ``Authorization: Bearer <key>`` on every resource not marked public."""
+
+    def __init__(self, user_for_key: Callable[[str], str | None]) -> None:
+        self._user_for_key = user_for_key
+
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]
+    ) -> None:
+        if resource is None or getattr(resource, "public", False):
+            return
+        scheme, _, key = (req.get_header("Authorization") or "").partition(" ")
+        user_id = self._user_for_key(key.strip()) if scheme.lower() == "bearer" else None
+        if user_id is None:
+            raise falcon.HTTPUnauthorized(
+                description="A valid API key is required",
+                challenges=['Bearer realm="contacts-ingest"'],
+            )
+        req.context.user_id = user_id

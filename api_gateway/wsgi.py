@@ -1,0 +1,42 @@
+"""The production WSGI application, built from the environment.
+
+Served by ``contacts-ingest serve`` (granian); any WSGI server can load ``api_gateway.wsgi:app``.
+"""
+
+from __future__ import annotations
+
+import falcon
+import redis
+from sqlalchemy import text
+
+from api_gateway.app import GatewayDeps, create_app
+from contacts_ingest.database import make_engine
+from contacts_ingest.keys import KeyResolver
+from contacts_ingest.producer import CeleryPublisher, job_board, producer_celery
+from contacts_ingest.settings import Settings
+from contacts_ingest.status import read_final_job
+
+
+def build_app(settings: Settings | None = None) -> falcon.App[falcon.Request, falcon.Response]:
+    settings = settings or Settings()
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
+    )
+    engine = make_engine(settings.database_url, read_only=True)
+    board = job_board(client, settings)
+
+    def postgres_ready() -> None:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    deps = GatewayDeps(
+        user_for_key=KeyResolver(engine, ttl=settings.key_cache_ttl_seconds).user_for,
+        board=board,
+        publish=CeleryPublisher(producer_celery(), settings.celery_queue),
+        final_job=lambda job_id: read_final_job(engine, job_id),
+        readiness={"redis": client.ping, "postgres": postgres_ready},
+    )
+    return create_app(settings, deps)
+
+
+app = build_app()

@@ -1,0 +1,1 @@
+"""Contacts ingestion: the core shared by the gateway and the workers."""

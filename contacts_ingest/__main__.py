@@ -1,0 +1,3 @@
+from contacts_ingest.cli import main
+
+main()

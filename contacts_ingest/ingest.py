@@ -1,0 +1,273 @@
+"""The ingestion service: apply one contact job exactly once and record its outcome.
+
+Takes plain data and an engine; knows nothing of Celery. The contact write and the
+job's final status row commit in one transaction, so a redelivered job finds its
+own row and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, RowMapping, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from contacts_ingest.contact import (
+    ContactInvalid,
+    ContactRequest,
+    FieldError,
+    custom_fields_problem,
+    parse_contact,
+)
+from contacts_ingest.jobs import (
+    ContactJob,
+    InvalidJobMessage,
+    JobBoard,
+    datetime_from_us,
+    iso_timestamp,
+)
+from contacts_ingest.schema import contact_jobs, contacts
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_MESSAGE = "A contact with this email already exists"
+
+
+def new_contact_id() -> str:
+    return "cnt_" + secrets.token_hex(12)
+
+
+def contact_document(row: RowMapping) -> dict[str, Any]:
+    """A stored contact in the API's response shape (the reference's fields, then ours)."""
+    return {
+        "id": row["id"],
+        "email": row["email"],
+        "first_name": row["first_name"],
+        "last_name": row["last_name"],
+        "phone": row["phone"],
+        "company": row["company"],
+        "job_title": row["job_title"],
+        "social_profiles": row["social_profiles"],
+        "status": row["status"],
+        "lead_score": row["lead_score"],
+        "created_at": iso_timestamp(row["created_at"]),
+        "custom_fields": row["custom_fields"],
+        "source": row["source"],
+        "workspace_id": row["workspace_id"],
+        "updated_at": iso_timestamp(row["updated_at"]),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A job's final outcome. ``replayed`` is True when it was recorded by an earlier delivery."""
+
+    job_id: str
+    status: str
+    code: int
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    replayed: bool = False
+
+    @classmethod
+    def from_row(cls, row: RowMapping, *, replayed: bool) -> Outcome:
+        return cls(
+            job_id=row["job_id"],
+            status=row["status"],
+            code=row["code"],
+            result=row["result"],
+            error=row["error"],
+            replayed=replayed,
+        )
+
+
+class _Rejected(Exception):
+    """A final failure decided inside the transaction (duplicate email, merged limits)."""
+
+    def __init__(self, code: int, message: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.errors = code, message, errors
+
+
+def _failure(code: int, message: str, errors: list[FieldError] | None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if errors:
+        error["errors"] = errors
+    return error
+
+
+def _merge(stored: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(stored)
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _without_nulls(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+class ContactIngestor:
+    """Applies contact jobs to PostgreSQL, each exactly once."""
+
+    def __init__(self, engine: Engine, board: JobBoard) -> None:
+        self._engine = engine
+        self._board = board
+
+    def process(self, message: object) -> Outcome | None:
+        """Apply the job in ``message`` unless an earlier delivery already did.
+
+        Returns the job's final outcome, or None for a message that names no job
+        (logged and dropped: there is no status row to write it to). Database
+        errors propagate; the caller retries them.
+        """
+        try:
+            job = ContactJob.from_message(message)
+        except InvalidJobMessage as exc:
+            log.error("dropping unreadable job message: %s", exc)
+            return None
+        started = datetime.now(UTC)
+        attempts = max(1, self._board.start(job.job_id))
+        try:
+            request: ContactRequest | ContactInvalid = parse_contact(job.body)
+        except ContactInvalid as invalid:
+            request = invalid
+        with self._engine.begin() as conn:
+            outcome = self._apply_once(conn, job, request, started=started, attempts=attempts)
+        self._board.finish(job.job_id)
+        log.info(
+            "job %s %s (%s)%s",
+            job.job_id,
+            outcome.status,
+            outcome.code,
+            " already recorded" if outcome.replayed else "",
+            extra={"job_id": job.job_id, "request_id": job.request_id},
+        )
+        return outcome
+
+    def _apply_once(
+        self,
+        conn: Connection,
+        job: ContactJob,
+        request: ContactRequest | ContactInvalid,
+        *,
+        started: datetime,
+        attempts: int,
+    ) -> Outcome:
+        # Serialises concurrent deliveries of one job id (a visibility-timeout redelivery
+        # racing the original): the second waits, then finds the first one's row.
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:job_id, 0))"),
+            {"job_id": job.job_id},
+        )
+        done = (
+            conn.execute(select(contact_jobs).where(contact_jobs.c.job_id == job.job_id))
+            .mappings()
+            .first()
+        )
+        if done is not None:
+            return Outcome.from_row(done, replayed=True)
+
+        status, code, result, error, contact_id = "failed", 400, None, None, None
+        try:
+            if isinstance(request, ContactInvalid):
+                raise _Rejected(400, request.message, request.errors)
+            if job.operation == "create":
+                row, code = self._create(conn, job.user_id, request), 201
+            else:
+                row, code = self._upsert(conn, job.user_id, request)
+            status, contact_id = "succeeded", row["id"]
+            result = {"code": code, "data": contact_document(row)}
+        except _Rejected as rejected:
+            code, error = rejected.code, _failure(rejected.code, rejected.message, rejected.errors)
+
+        conn.execute(
+            insert(contact_jobs).values(
+                job_id=job.job_id,
+                user_id=job.user_id,
+                operation=job.operation,
+                status=status,
+                code=code,
+                result=result,
+                error=error,
+                contact_id=contact_id,
+                attempts=attempts,
+                request_id=job.request_id,
+                accepted_at=datetime_from_us(job.accepted_at_us),
+                started_at=started,
+                finished_at=func.clock_timestamp(),
+            )
+        )
+        return Outcome(job.job_id, status, code, result, error)
+
+    def _create(self, conn: Connection, user_id: str, request: ContactRequest) -> RowMapping:
+        row = conn.execute(self._insert_statement(user_id, request)).mappings().first()
+        if row is None:
+            raise _Rejected(409, DUPLICATE_MESSAGE)
+        return row
+
+    def _upsert(
+        self, conn: Connection, user_id: str, request: ContactRequest
+    ) -> tuple[RowMapping, int]:
+        locate = (
+            select(contacts)
+            .where(contacts.c.user_id == user_id, contacts.c.email_key == request.email_key)
+            .with_for_update()
+        )
+        current = conn.execute(locate).mappings().first()
+        if current is None:
+            created = conn.execute(self._insert_statement(user_id, request)).mappings().first()
+            if created is not None:
+                return created, 201
+            # Another transaction created it between our look and our insert.
+            current = conn.execute(locate).mappings().one()
+
+        changes = request.changes()
+        if "social_profiles" in changes:
+            changes["social_profiles"] = _merge(
+                current["social_profiles"], changes["social_profiles"]
+            )
+        if "custom_fields" in changes:
+            merged = _merge(current["custom_fields"], changes["custom_fields"])
+            problem = custom_fields_problem(merged)
+            if problem:
+                raise _Rejected(400, problem, [FieldError("customFields", problem)])
+            changes["custom_fields"] = merged
+        row = (
+            conn.execute(
+                update(contacts)
+                .where(contacts.c.id == current["id"])
+                .values(**changes, version=contacts.c.version + 1, updated_at=func.now())
+                .returning(*contacts.c)
+            )
+            .mappings()
+            .one()
+        )
+        return row, 200
+
+    @staticmethod
+    def _insert_statement(user_id: str, request: ContactRequest) -> Any:
+        values = request.changes()
+        values["social_profiles"] = _without_nulls(values.get("social_profiles", {}))
+        values["custom_fields"] = _without_nulls(values.get("custom_fields", {}))
+        values.setdefault("status", request.status)
+        return (
+            pg_insert(contacts)
+            .values(
+                id=new_contact_id(),
+                user_id=user_id,
+                email_key=request.email_key,
+                created_at=func.now(),
+                updated_at=func.now(),
+                **values,
+            )
+            .on_conflict_do_nothing(index_elements=["user_id", "email_key"])
+            .returning(*contacts.c)
+        )

@@ -1,0 +1,217 @@
+"""Contact jobs: their message, their admission in Redis, their status as clients see it.
+
+A job id is born at admission and is, end to end, the Celery task id, the key of
+the job's Redis record while it is pending, and the key of its final status row.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import redis
+
+TASK_NAME = "contacts.ingest"
+OPERATIONS = ("create", "upsert")
+Operation = Literal["create", "upsert"]
+
+
+def new_job_id() -> str:
+    """A fresh, unguessable job id (128 random bits)."""
+    return "job_" + secrets.token_hex(16)
+
+
+def datetime_from_us(micros: int) -> datetime:
+    return datetime.fromtimestamp(micros / 1_000_000, tz=UTC)
+
+
+def iso_timestamp(moment: datetime | None) -> str | None:
+    """RFC 3339 in UTC with whole seconds, as the API reference writes timestamps."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class InvalidJobMessage(ValueError):
+    """A message that does not even name a job and its user: it cannot be recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContactJob:
+    """One create or upsert, as it travels from producer to worker."""
+
+    job_id: str
+    user_id: str
+    operation: Operation
+    body: object
+    # Redis's clock at admission, in microseconds: the job's acceptance time and order.
+    accepted_at_us: int
+    request_id: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "user_id": self.user_id,
+            "operation": self.operation,
+            "body": self.body,
+            "accepted_at_us": self.accepted_at_us,
+            "request_id": self.request_id,
+        }
+
+    @classmethod
+    def from_message(cls, message: object) -> ContactJob:
+        """Decode a task argument; the body itself is validated later, by the contact model."""
+        if not isinstance(message, dict):
+            raise InvalidJobMessage("job message must be an object")
+        job_id, user_id = message.get("job_id"), message.get("user_id")
+        operation, accepted = message.get("operation"), message.get("accepted_at_us")
+        request_id = message.get("request_id")
+        if not (isinstance(job_id, str) and job_id and isinstance(user_id, str) and user_id):
+            raise InvalidJobMessage("job message must name job_id and user_id")
+        if operation not in OPERATIONS:
+            raise InvalidJobMessage("operation must be create or upsert")
+        if not isinstance(accepted, int) or isinstance(accepted, bool) or accepted <= 0:
+            raise InvalidJobMessage("accepted_at_us must be a positive integer")
+        return cls(
+            job_id=job_id,
+            user_id=user_id,
+            operation=operation,
+            body=message.get("body"),
+            accepted_at_us=accepted,
+            request_id=request_id if isinstance(request_id, str) else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the atomic admission step decided."""
+
+    allowed: bool
+    # Writes left in the window (None when no limit applied).
+    remaining: int | None
+    # Seconds until the oldest counted write leaves the window.
+    reset_seconds: int
+    accepted_at_us: int
+
+
+# One atomic step, on Redis's own clock: count the write against the user's rolling
+# window (a sorted set of admission times) and, when admitted, record the job as queued.
+# KEYS: quota key, job record key. ARGV: apply_limit, limit, window_us, member,
+# record_job, user_id, operation, record_ttl_s.
+_ADMIT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local remaining = -1
+local reset = 0
+if ARGV[1] == '1' then
+  local limit = tonumber(ARGV[2])
+  local window = tonumber(ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  local used = redis.call('ZCARD', KEYS[1])
+  if used >= limit then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {0, 0, tonumber(oldest[2]) + window - now, now}
+  end
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+  remaining = limit - used - 1
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  reset = tonumber(oldest[2]) + window - now
+end
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[2], 'user_id', ARGV[6], 'operation', ARGV[7],
+             'status', 'queued', 'accepted_at_us', now, 'attempts', 0)
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[8]))
+end
+return {1, remaining, reset, now}
+"""
+
+# Marks a pending job as being processed and counts the attempt; 0 if no record exists.
+_START_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'processing')
+return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+"""
+
+
+class JobPublisher(Protocol):
+    """Hands a job to the workers' queue (Celery in production)."""
+
+    def __call__(self, job: ContactJob) -> None: ...
+
+
+class JobBoard:
+    """The Redis side of a job's life: admission, and its record until it is final.
+
+    A job's record says ``queued`` from admission and ``processing`` once a worker
+    took it; the worker deletes it after the final status row committed.
+    """
+
+    def __init__(self, client: redis.Redis, *, key_prefix: str, record_ttl_seconds: int) -> None:
+        self._redis = client
+        self._prefix = key_prefix
+        self._ttl = record_ttl_seconds
+        self._admit = client.register_script(_ADMIT_SCRIPT)
+        self._start = client.register_script(_START_SCRIPT)
+
+    def record_key(self, job_id: str) -> str:
+        return f"{self._prefix}job:{job_id}"
+
+    def quota_key(self, user_id: str) -> str:
+        return f"{self._prefix}quota:{user_id}"
+
+    def admit(
+        self,
+        *,
+        user_id: str,
+        member: str,
+        job: tuple[str, Operation] | None,
+        limit: tuple[int, int] | None,
+    ) -> Admission:
+        """Count one write and, if ``job`` (job_id, operation) is given, record it as queued.
+
+        ``limit`` is (writes, window_seconds); None admits without counting
+        (internal producers). A refused write records nothing.
+        """
+        job_id, operation = job if job else ("", "create")
+        writes, window = limit if limit else (0, 0)
+        allowed, remaining, reset_us, now_us = self._admit(
+            keys=[self.quota_key(user_id), self.record_key(job_id)],
+            args=[
+                "1" if limit else "0",
+                writes,
+                window * 1_000_000,
+                member,
+                "1" if job else "0",
+                user_id,
+                operation,
+                self._ttl,
+            ],
+        )
+        return Admission(
+            allowed=bool(allowed),
+            remaining=None if remaining < 0 else int(remaining),
+            reset_seconds=max(1, -(-int(reset_us) // 1_000_000)) if limit else 0,
+            accepted_at_us=int(now_us),
+        )
+
+    def withdraw(self, job_id: str) -> None:
+        """Forget a job whose message could not be published."""
+        self._redis.delete(self.record_key(job_id))
+
+    def start(self, job_id: str) -> int:
+        """Mark the job as processing; return the attempt number (0 if it has no record)."""
+        return int(self._start(keys=[self.record_key(job_id)]))
+
+    def finish(self, job_id: str) -> None:
+        """Drop the record once the job's final status row has committed."""
+        self._redis.delete(self.record_key(job_id))
+
+    def pending(self, job_id: str) -> dict[str, str] | None:
+        """The record of a job that is not final yet, or None."""
+        raw: dict[bytes, bytes] = self._redis.hgetall(self.record_key(job_id))  # type: ignore[assignment]
+        if not raw:
+            return None
+        return {k.decode(): v.decode() for k, v in raw.items()}

@@ -1,0 +1,106 @@
+"""API keys: random secrets with a recognisable prefix, stored only as SHA-256 hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+
+from cachetools import TTLCache
+from sqlalchemy import Engine, func, insert, or_, select, update
+
+from contacts_ingest.schema import api_keys
+
+KEY_PREFIX = "cik_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    key_id: str
+    user_id: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def create_key(engine: Engine, user_id: str) -> tuple[str, str]:
+    """Create a key for ``user_id``; return (key_id, key). The key is shown only here."""
+    if not user_id or len(user_id) > 200:
+        raise ValueError("user id must be 1 to 200 characters")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = "key_" + secrets.token_hex(6)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(api_keys).values(key_id=key_id, user_id=user_id, key_hash=hash_key(key))
+        )
+    return key_id, key
+
+
+def revoke_key(engine: Engine, key_or_id: str) -> bool:
+    """Revoke a key named by its id or by the key itself; False if no live key matched."""
+    with engine.begin() as conn:
+        revoked = conn.execute(
+            update(api_keys)
+            .where(
+                or_(api_keys.c.key_id == key_or_id, api_keys.c.key_hash == hash_key(key_or_id)),
+                api_keys.c.revoked_at.is_(None),
+            )
+            .values(revoked_at=func.now())
+        )
+    return revoked.rowcount > 0
+
+
+def list_keys(engine: Engine, user_id: str | None = None) -> list[KeyInfo]:
+    query = select(
+        api_keys.c.key_id, api_keys.c.user_id, api_keys.c.created_at, api_keys.c.revoked_at
+    ).order_by(api_keys.c.created_at)
+    if user_id is not None:
+        query = query.where(api_keys.c.user_id == user_id)
+    with engine.connect() as conn:
+        return [KeyInfo(**row) for row in conn.execute(query).mappings()]
+
+
+class KeyResolver:
+    """Maps a presented key to its user, caching answers for ``ttl`` seconds.
+
+    A revoked key stops working within ``ttl`` seconds in every gateway process.
+    """
+
+    def __init__(self, engine: Engine, *, ttl: float, max_entries: int = 10_000) -> None:
+        self._engine = engine
+        self._cache: TTLCache[str, str | None] | None = (
+            TTLCache(maxsize=max_entries, ttl=ttl) if ttl > 0 else None
+        )
+        self._lock = threading.Lock()
+
+    def user_for(self, key: str) -> str | None:
+        """The user id owning a live ``key``, or None."""
+        if not key.startswith(KEY_PREFIX) or len(key) > 200:
+            return None
+        digest = hash_key(key)
+        if self._cache is not None:
+            with self._lock:
+                if digest in self._cache:
+                    return self._cache[digest]
+        user_id = self._lookup(digest)
+        if self._cache is not None:
+            with self._lock:
+                self._cache[digest] = user_id
+        return user_id
+
+    def _lookup(self, digest: str) -> str | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(api_keys.c.user_id, api_keys.c.key_hash).where(
+                    api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
+                )
+            ).first()
+        if row is None or not hmac.compare_digest(row.key_hash, digest):
+            return None
+        return str(row.user_id)

@@ -1,0 +1,80 @@
+"""Table definitions (SQLAlchemy Core). Alembic migrations create them; code reads them here."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSON, JSONB, UUID
+
+metadata = MetaData()
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_id", String(200), nullable=False),
+    Column("email", String(254), nullable=False),
+    # Case-folded email: contacts are unique per user on it.
+    Column("email_key", String(254), nullable=False),
+    Column("first_name", String(100)),
+    Column("last_name", String(100)),
+    Column("phone", String(50)),
+    Column("company", String(150)),
+    Column("job_title", String(100)),
+    Column("social_profiles", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("status", String(20), nullable=False, server_default="subscribed"),
+    Column("custom_fields", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("source", String(100)),
+    Column("workspace_id", UUID(as_uuid=False)),
+    Column("lead_score", Integer, nullable=False, server_default="0"),
+    # Incremented by every write: an audit can prove no job was applied twice.
+    Column("version", Integer, nullable=False, server_default="1"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint(
+        "status IN ('subscribed', 'unsubscribed', 'bounced', 'complained')",
+        name="contacts_status_valid",
+    ),
+    Index("contacts_user_email_key", "user_id", "email_key", unique=True),
+)
+
+contact_jobs = Table(
+    "contact_jobs",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("user_id", String(200), nullable=False),
+    Column("operation", String(10), nullable=False),
+    Column("status", String(12), nullable=False),
+    # The HTTP code the job's outcome maps to: 201/200 on success, 400/409 on failure.
+    Column("code", Integer, nullable=False),
+    Column("result", JSON),
+    Column("error", JSON),
+    Column("contact_id", String(40)),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("request_id", String(100)),
+    Column("accepted_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("operation IN ('create', 'upsert')", name="contact_jobs_operation_valid"),
+    CheckConstraint("status IN ('succeeded', 'failed')", name="contact_jobs_status_final"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(40), primary_key=True),
+    Column("user_id", String(200), nullable=False),
+    # SHA-256 of the whole key, hex. The key itself is never stored.
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("revoked_at", DateTime(timezone=True)),
+)

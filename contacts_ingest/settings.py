@@ -1,0 +1,66 @@
+"""One settings object, read from the environment and validated once.
+
+Every default here is written in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Return ``url`` with the psycopg 3 driver named, as SQLAlchemy needs it.
+
+    Operators write plain ``postgresql://`` URLs (the form psql and libpq use).
+    """
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the gateway, the workers and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/contacts"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Celery's broker defaults to REDIS_URL; set CELERY_BROKER_URL to split them.
+    celery_broker_url: str | None = None
+    # Prefix of every Redis key this service writes, kombu's included.
+    redis_key_prefix: str = "contacts-ingest:"
+    celery_queue: str = "contacts"
+    # Seconds before a message a worker took but never acknowledged is delivered again.
+    celery_visibility_timeout: int = Field(default=3600, ge=1)
+    rate_limit_writes: int = Field(default=200, ge=1)
+    rate_limit_window_seconds: int = Field(default=60, ge=1)
+    # How long the gateway trusts a cached API-key lookup; revocation takes effect within it.
+    key_cache_ttl_seconds: float = Field(default=10.0, ge=0)
+    # How long a queued job's record lives in Redis if no worker ever finishes it.
+    job_record_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    # Base and cap, in seconds, of the exponential backoff for transient database errors.
+    retry_backoff_seconds: int = Field(default=1, ge=1)
+    retry_backoff_max_seconds: int = Field(default=60, ge=1)
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_postgres(cls, value: str) -> str:
+        if not sqlalchemy_url(value).startswith("postgresql+psycopg://"):
+            raise ValueError("DATABASE_URL must be a postgresql:// URL")
+        return value
+
+    @cached_property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @cached_property
+    def rate_limit_message(self) -> str:
+        return (
+            f"Too many requests \N{EM DASH} {self.rate_limit_writes} writes per user "
+            f"per {self.rate_limit_window_seconds} seconds"
+        )

@@ -1,0 +1,378 @@
+"""The ingestion service against the real PostgreSQL and Redis: effects, idempotency, merges."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, func, select
+
+from contacts_ingest.ingest import ContactIngestor, Outcome
+from contacts_ingest.jobs import ContactJob, JobBoard, new_job_id
+from contacts_ingest.producer import job_board
+from contacts_ingest.schema import contact_jobs, contacts
+from contacts_ingest.settings import Settings
+from tests.conftest import unique
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def board(redis_client: redis.Redis, settings: Settings) -> JobBoard:
+    return job_board(redis_client, settings)
+
+
+@pytest.fixture
+def ingestor(engine: Engine, board: JobBoard) -> ContactIngestor:
+    return ContactIngestor(engine, board)
+
+
+@pytest.fixture
+def user() -> str:
+    return unique("user")
+
+
+def admitted(board: JobBoard, user: str, body: Any, *, upsert: bool = False) -> dict[str, Any]:
+    """A job message as a producer would publish it, with its queued record in Redis."""
+    job_id = new_job_id()
+    operation = "upsert" if upsert else "create"
+    admission = board.admit(user_id=user, member=job_id, job=(job_id, operation), limit=None)
+    return ContactJob(job_id, user, operation, body, admission.accepted_at_us).to_message()
+
+
+def run(ingestor: ContactIngestor, message: dict[str, Any]) -> Outcome:
+    outcome = ingestor.process(message)
+    assert outcome is not None
+    return outcome
+
+
+def stored(engine: Engine, user: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(contacts).where(contacts.c.user_id == user)).mappings()
+        return [dict(r) for r in rows]
+
+
+def test_create_stores_the_contact_and_records_201(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    body = {
+        "email": "Bob@Example.com",
+        "firstName": "Bob",
+        "lastName": "Smith",
+        "phone": "+1 555 000 1234",
+        "company": "Acme Corp",
+        "jobTitle": "Product Manager",
+        "socialProfiles": {"linkedin": "https://linkedin.com/in/bobsmith", "twitter": "@bob"},
+        "source": "signup",
+        "customFields": {"plan": "pro"},
+        "workspaceId": "6f9619ff-8b86-d011-b42d-00c04fc964ff",
+    }
+    outcome = run(ingestor, admitted(board, user, body))
+    assert (outcome.status, outcome.code) == ("succeeded", 201)
+    assert outcome.result is not None
+    contact = outcome.result["data"]
+    assert list(contact) == [
+        "id",
+        "email",
+        "first_name",
+        "last_name",
+        "phone",
+        "company",
+        "job_title",
+        "social_profiles",
+        "status",
+        "lead_score",
+        "created_at",
+        "custom_fields",
+        "source",
+        "workspace_id",
+        "updated_at",
+    ]
+    assert contact["id"].startswith("cnt_")
+    assert contact["email"] == "Bob@example.com"
+    assert contact["status"] == "subscribed"
+    assert contact["lead_score"] == 0
+    assert contact["social_profiles"] == body["socialProfiles"]
+    assert contact["workspace_id"] == body["workspaceId"]
+    [row] = stored(engine, user)
+    assert row["email_key"] == "bob@example.com"
+
+
+def test_the_job_row_and_redis_record_after_success(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    message = admitted(board, user, {"email": "a@example.com"})
+    assert board.pending(message["job_id"]) is not None
+    run(ingestor, message)
+    assert board.pending(message["job_id"]) is None
+    with engine.connect() as conn:
+        row = (
+            conn.execute(select(contact_jobs).where(contact_jobs.c.job_id == message["job_id"]))
+            .mappings()
+            .one()
+        )
+    assert (row["user_id"], row["operation"], row["status"], row["code"]) == (
+        user,
+        "create",
+        "succeeded",
+        201,
+    )
+    assert row["attempts"] == 1
+    assert row["accepted_at"] <= row["started_at"] <= row["finished_at"]
+
+
+@pytest.mark.parametrize("second", ["bob@example.com", "BOB@EXAMPLE.COM", "Bob@example.com"])
+def test_plain_create_of_an_existing_email_fails_409_whatever_its_case(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str, second: str
+) -> None:
+    run(ingestor, admitted(board, user, {"email": "bob@example.com", "firstName": "Bob"}))
+    outcome = run(ingestor, admitted(board, user, {"email": second, "firstName": "Other"}))
+    assert (outcome.status, outcome.code) == ("failed", 409)
+    assert outcome.error == {"code": 409, "message": "A contact with this email already exists"}
+    [row] = stored(engine, user)
+    assert row["first_name"] == "Bob"
+
+
+def test_the_same_email_for_two_users_is_two_contacts(
+    ingestor: ContactIngestor, board: JobBoard, user: str
+) -> None:
+    other = unique("user")
+    assert run(ingestor, admitted(board, user, {"email": "x@example.com"})).code == 201
+    assert run(ingestor, admitted(board, other, {"email": "x@example.com"})).code == 201
+
+
+def test_upsert_creates_201_then_updates_200_keeping_the_id(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    first = run(ingestor, admitted(board, user, {"email": "u@example.com"}, upsert=True))
+    second = run(
+        ingestor, admitted(board, user, {"email": "U@example.com", "company": "Acme"}, upsert=True)
+    )
+    assert (first.code, second.code) == (201, 200)
+    assert first.result and second.result
+    assert first.result["data"]["id"] == second.result["data"]["id"]
+    assert second.result["data"]["company"] == "Acme"
+    [row] = stored(engine, user)
+    assert row["version"] == 2
+
+
+def test_upsert_changes_only_the_fields_present(
+    ingestor: ContactIngestor, board: JobBoard, user: str
+) -> None:
+    run(
+        ingestor,
+        admitted(
+            board,
+            user,
+            {
+                "email": "m@example.com",
+                "firstName": "Ann",
+                "lastName": "Lee",
+                "status": "unsubscribed",
+                "source": "import",
+            },
+        ),
+    )
+    outcome = run(
+        ingestor,
+        admitted(
+            board, user, {"email": "m@example.com", "lastName": None, "phone": "1"}, upsert=True
+        ),
+    )
+    assert outcome.result is not None
+    data = outcome.result["data"]
+    assert data["first_name"] == "Ann"
+    assert data["last_name"] is None  # null clears
+    assert data["phone"] == "1"
+    assert data["status"] == "unsubscribed"  # the create-time default does not apply
+    assert data["source"] == "import"
+
+
+def test_upsert_merges_social_profiles_and_custom_fields_key_by_key(
+    ingestor: ContactIngestor, board: JobBoard, user: str
+) -> None:
+    run(
+        ingestor,
+        admitted(
+            board,
+            user,
+            {
+                "email": "s@example.com",
+                "socialProfiles": {"linkedin": "L", "twitter": "T"},
+                "customFields": {"a": 1, "b": 2},
+            },
+        ),
+    )
+    outcome = run(
+        ingestor,
+        admitted(
+            board,
+            user,
+            {
+                "email": "s@example.com",
+                "socialProfiles": {"twitter": None, "reddit": "R", "unknown": "x"},
+                "customFields": {"a": None, "c": 3},
+            },
+            upsert=True,
+        ),
+    )
+    assert outcome.result is not None
+    data = outcome.result["data"]
+    assert data["social_profiles"] == {"linkedin": "L", "reddit": "R"}
+    assert data["custom_fields"] == {"b": 2, "c": 3}
+
+
+def test_custom_field_limits_hold_on_the_merged_result(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    run(
+        ingestor,
+        admitted(
+            board, user, {"email": "c@example.com", "customFields": {f"a{i}": i for i in range(15)}}
+        ),
+    )
+    outcome = run(
+        ingestor,
+        admitted(
+            board,
+            user,
+            {"email": "c@example.com", "customFields": {f"b{i}": i for i in range(6)}},
+            upsert=True,
+        ),
+    )
+    assert (outcome.status, outcome.code) == ("failed", 400)
+    assert outcome.error is not None
+    assert outcome.error["message"] == "customFields must have 20 keys or fewer"
+    [row] = stored(engine, user)
+    assert len(row["custom_fields"]) == 15
+    assert row["version"] == 1
+
+
+def test_create_does_not_store_null_social_or_custom_values(
+    ingestor: ContactIngestor, board: JobBoard, user: str
+) -> None:
+    outcome = run(
+        ingestor,
+        admitted(
+            board,
+            user,
+            {
+                "email": "n@example.com",
+                "socialProfiles": {"twitter": None},
+                "customFields": {"x": None},
+            },
+        ),
+    )
+    assert outcome.result is not None
+    assert outcome.result["data"]["social_profiles"] == {}
+    assert outcome.result["data"]["custom_fields"] == {}
+
+
+def test_invalid_body_fails_400_once_and_writes_no_contact(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    message = admitted(board, user, {"email": "nope", "status": "gone"})
+    outcome = run(ingestor, message)
+    assert (outcome.status, outcome.code) == ("failed", 400)
+    assert outcome.error == {
+        "code": 400,
+        "message": "A valid email is required",
+        "errors": [
+            {"field": "email", "message": "A valid email is required"},
+            {
+                "field": "status",
+                "message": "status must be subscribed, unsubscribed, bounced, or complained",
+            },
+        ],
+    }
+    assert stored(engine, user) == []
+    assert run(ingestor, message).replayed
+
+
+def test_a_redelivered_job_changes_nothing_and_keeps_its_outcome(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    message = admitted(board, user, {"email": "r@example.com"})
+    first = run(ingestor, message)
+    again = run(ingestor, message)
+    assert (first.code, again.code) == (201, 201)  # never 409 on redelivery
+    assert again.replayed
+    assert again.result == first.result
+    [row] = stored(engine, user)
+    assert row["version"] == 1
+
+
+def test_a_redelivered_upsert_is_not_applied_twice(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    run(ingestor, admitted(board, user, {"email": "v@example.com"}))
+    message = admitted(board, user, {"email": "v@example.com", "company": "X"}, upsert=True)
+    run(ingestor, message)
+    run(ingestor, message)
+    [row] = stored(engine, user)
+    assert row["version"] == 2
+
+
+def test_concurrent_deliveries_of_one_job_apply_it_once(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    run(ingestor, admitted(board, user, {"email": "cc@example.com"}))
+    message = admitted(board, user, {"email": "cc@example.com", "phone": "2"}, upsert=True)
+    outcomes: list[Outcome] = []
+    threads = [
+        threading.Thread(target=lambda: outcomes.append(run(ingestor, message))) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {o.code for o in outcomes} == {200}
+    assert sum(not o.replayed for o in outcomes) == 1
+    [row] = stored(engine, user)
+    assert row["version"] == 2
+
+
+def test_racing_creates_of_one_email_make_one_contact(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    messages = [admitted(board, user, {"email": "RACE@example.com"}) for _ in range(10)]
+    outcomes: list[Outcome] = []
+    threads = [
+        threading.Thread(target=lambda m=m: outcomes.append(run(ingestor, m))) for m in messages
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(o.code for o in outcomes) == [201] + [409] * 9
+    assert len(stored(engine, user)) == 1
+
+
+def test_attempts_count_deliveries(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    message = admitted(board, user, {"email": "att@example.com"})
+    board.start(message["job_id"])  # a delivery whose worker died before committing
+    run(ingestor, message)
+    with engine.connect() as conn:
+        attempts = conn.execute(
+            select(contact_jobs.c.attempts).where(contact_jobs.c.job_id == message["job_id"])
+        ).scalar_one()
+    assert attempts == 2
+
+
+@pytest.mark.parametrize(
+    "message",
+    [None, "text", {"job_id": "job_x"}, {"job_id": "job_x", "user_id": "u", "operation": "delete"}],
+)
+def test_a_message_naming_no_job_is_dropped_without_a_row(
+    ingestor: ContactIngestor, engine: Engine, message: Any
+) -> None:
+    with engine.connect() as conn:
+        before = conn.execute(select(func.count()).select_from(contact_jobs)).scalar_one()
+    assert ingestor.process(message) is None
+    with engine.connect() as conn:
+        after = conn.execute(select(func.count()).select_from(contact_jobs)).scalar_one()
+    assert after == before
