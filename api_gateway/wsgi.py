@@ -32,7 +32,7 @@ def build_app(settings: Settings | None = None) -> falcon.App[falcon.Request, fa
     deps = GatewayDeps(
         user_for_key=KeyResolver(engine, ttl=settings.key_cache_ttl_seconds).user_for,
         board=board,
-        publish=CeleryPublisher(producer_celery(), settings.celery_queue),
+        publish=CeleryPublisher(producer_celery(settings), settings.celery_queue),
         final_job=lambda job_id: read_final_job(engine, job_id),
         readiness={"redis": client.ping, "postgres": postgres_ready},
     )

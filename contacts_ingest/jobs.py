@@ -7,9 +7,10 @@ the job's Redis record while it is pending, and the key of its final status row.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import redis
 
@@ -136,10 +137,8 @@ return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 """
 
 
-class JobPublisher(Protocol):
-    """Hands a job to the workers' queue (Celery in production)."""
-
-    def __call__(self, job: ContactJob) -> None: ...
+# Hands a job to the workers' queue (Celery in production).
+JobPublisher = Callable[[ContactJob], None]
 
 
 class JobBoard:

@@ -24,10 +24,13 @@ from contacts_ingest.settings import Settings
 from contacts_ingest.status import job_status, read_final_job
 
 
-def producer_celery() -> Celery:
+def producer_celery(settings: Settings) -> Celery:
     """A Celery app for publishing only, configured like the workers' (celeryconfig)."""
+    import celeryconfig
+
     celery = Celery("contacts-ingest")
-    celery.config_from_object("celeryconfig")
+    celery.config_from_object(celeryconfig)
+    celery.conf.update(celeryconfig.from_settings(settings))
     return celery
 
 
@@ -63,7 +66,9 @@ class ContactProducer:
     def __init__(self, settings: Settings | None = None) -> None:
         self._settings = settings or Settings()
         self._board = job_board(redis.Redis.from_url(self._settings.redis_url), self._settings)
-        self._publish = CeleryPublisher(producer_celery(), self._settings.celery_queue)
+        self._publish = CeleryPublisher(
+            producer_celery(self._settings), self._settings.celery_queue
+        )
         self._engine = make_engine(self._settings.database_url, read_only=True, pool_size=1)
 
     def enqueue(

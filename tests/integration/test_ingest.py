@@ -10,7 +10,7 @@ import redis
 from sqlalchemy import Engine, func, select
 
 from contacts_ingest.ingest import ContactIngestor, Outcome
-from contacts_ingest.jobs import ContactJob, JobBoard, new_job_id
+from contacts_ingest.jobs import ContactJob, JobBoard, Operation, new_job_id
 from contacts_ingest.producer import job_board
 from contacts_ingest.schema import contact_jobs, contacts
 from contacts_ingest.settings import Settings
@@ -37,7 +37,7 @@ def user() -> str:
 def admitted(board: JobBoard, user: str, body: Any, *, upsert: bool = False) -> dict[str, Any]:
     """A job message as a producer would publish it, with its queued record in Redis."""
     job_id = new_job_id()
-    operation = "upsert" if upsert else "create"
+    operation: Operation = "upsert" if upsert else "create"
     admission = board.admit(user_id=user, member=job_id, job=(job_id, operation), limit=None)
     return ContactJob(job_id, user, operation, body, admission.accepted_at_us).to_message()
 
@@ -151,7 +151,8 @@ def test_upsert_creates_201_then_updates_200_keeping_the_id(
         ingestor, admitted(board, user, {"email": "U@example.com", "company": "Acme"}, upsert=True)
     )
     assert (first.code, second.code) == (201, 200)
-    assert first.result and second.result
+    assert first.result
+    assert second.result
     assert first.result["data"]["id"] == second.result["data"]["id"]
     assert second.result["data"]["company"] == "Acme"
     [row] = stored(engine, user)

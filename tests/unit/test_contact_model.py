@@ -9,6 +9,7 @@ import pytest
 from contacts_ingest.contact import (
     ContactInvalid,
     ContactRequest,
+    FieldError,
     custom_fields_problem,
     parse_contact,
 )
@@ -16,7 +17,7 @@ from contacts_ingest.contact import (
 EMAIL = "bob@example.com"
 
 
-def errors_of(body: Any) -> list[dict[str, str]]:
+def errors_of(body: Any) -> list[FieldError]:
     with pytest.raises(ContactInvalid) as caught:
         parse_contact(body)
     return caught.value.errors

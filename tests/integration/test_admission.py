@@ -1,0 +1,99 @@
+"""The rate limit and job admission against the real Redis: exact, shared, on Redis's clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from contacts_ingest.jobs import Admission, JobBoard, new_job_id
+from contacts_ingest.producer import job_board
+from contacts_ingest.settings import Settings
+from tests.conftest import unique
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def board(redis_client: redis.Redis, settings: Settings) -> JobBoard:
+    return job_board(redis_client, settings)
+
+
+def admit(board: JobBoard, user: str, limit: tuple[int, int] = (200, 60)) -> Admission:
+    job_id = new_job_id()
+    return board.admit(user_id=user, member=job_id, job=(job_id, "create"), limit=limit)
+
+
+def test_200_writes_pass_and_the_201st_is_refused_with_retry_after(board: JobBoard) -> None:
+    user = unique("user")
+    results = [admit(board, user) for _ in range(200)]
+    assert all(r.allowed for r in results)
+    assert [r.remaining for r in results[-3:]] == [2, 1, 0]
+    refused = admit(board, user)
+    assert not refused.allowed
+    assert 59 <= refused.reset_seconds <= 60
+    assert admit(board, unique("user")).allowed
+
+
+def test_a_refused_write_records_no_job(board: JobBoard) -> None:
+    user = unique("user")
+    admit(board, user, (1, 60))
+    job_id = new_job_id()
+    refused = board.admit(user_id=user, member=job_id, job=(job_id, "create"), limit=(1, 60))
+    assert not refused.allowed
+    assert board.pending(job_id) is None
+
+
+def test_the_window_rolls(board: JobBoard) -> None:
+    user = unique("user")
+    assert admit(board, user, (2, 1)).allowed
+    time.sleep(0.5)
+    assert admit(board, user, (2, 1)).allowed
+    assert not admit(board, user, (2, 1)).allowed
+    time.sleep(0.6)  # the first write has left the window, the second has not
+    assert admit(board, user, (2, 1)).allowed
+    assert not admit(board, user, (2, 1)).allowed
+
+
+def test_racing_threads_never_get_more_than_the_limit(settings: Settings) -> None:
+    user = unique("user")
+    pool = redis.ConnectionPool.from_url(settings.redis_url, max_connections=60)
+    board = job_board(redis.Redis(connection_pool=pool), settings)
+    for _ in range(190):
+        admit(board, user)
+    allowed: list[bool] = []
+    start = threading.Barrier(50)
+
+    def racer() -> None:
+        start.wait()
+        allowed.append(admit(board, user).allowed)
+
+    threads = [threading.Thread(target=racer) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert allowed.count(True) == 10
+
+
+def test_producers_are_admitted_without_counting(board: JobBoard) -> None:
+    user = unique("user")
+    admit(board, user, (1, 60))
+    job_id = new_job_id()
+    admission = board.admit(user_id=user, member=job_id, job=(job_id, "upsert"), limit=None)
+    assert admission.allowed
+    pending = board.pending(job_id)
+    assert pending is not None
+    assert (pending["status"], pending["operation"], pending["user_id"]) == (
+        "queued",
+        "upsert",
+        user,
+    )
+
+
+def test_admission_time_is_redis_time(board: JobBoard, redis_client: redis.Redis) -> None:
+    seconds, micros = redis_client.time()
+    admission = admit(board, unique("user"))
+    assert 0 <= admission.accepted_at_us - (seconds * 1_000_000 + micros) < 5_000_000

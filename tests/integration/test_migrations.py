@@ -1,0 +1,36 @@
+"""The Alembic history applies cleanly from nothing and rolls back to nothing."""
+
+from __future__ import annotations
+
+import pytest
+from alembic import command
+from sqlalchemy import create_engine, inspect, make_url, text
+
+from contacts_ingest.migrate import alembic_config, ensure_database, upgrade
+from contacts_ingest.settings import sqlalchemy_url
+from tests.conftest import ADMIN_DATABASE_URL, unique
+
+pytestmark = pytest.mark.integration
+
+
+def test_migrate_creates_the_database_and_the_schema_and_downgrades() -> None:
+    name = unique("contacts_migrate").replace("-", "_")
+    url = make_url(sqlalchemy_url(ADMIN_DATABASE_URL)).set(database=name)
+    url_text = url.render_as_string(hide_password=False)
+    admin = create_engine(
+        make_url(sqlalchemy_url(ADMIN_DATABASE_URL)), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        upgrade(url_text)
+        assert not ensure_database(url_text)
+        engine = create_engine(url)
+        assert {"contacts", "contact_jobs", "api_keys"} <= set(inspect(engine).get_table_names())
+        command.downgrade(alembic_config(url_text), "base")
+        assert "contacts" not in inspect(engine).get_table_names()
+        upgrade(url_text)
+        assert "contacts" in inspect(engine).get_table_names()
+        engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
