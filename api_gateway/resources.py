@@ -121,7 +121,10 @@ class ContactsResource:
         except Exception:
             self._board.withdraw(job_id)
             raise
-        log.info("job %s accepted (%s)", job_id, operation, extra={"job_id": job_id})
+        log.info(
+            "job accepted",
+            extra={"job_id": job_id, "request_id": job.request_id, "operation": operation},
+        )
         resp.status = falcon.HTTP_202
         resp.location = f"/io/contacts/jobs/{job_id}"
         resp.media = {"data": {"job_id": job_id, "status": "queued", "operation": operation}}

