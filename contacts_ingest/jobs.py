@@ -16,6 +16,8 @@ import redis
 
 TASK_NAME = "contacts.ingest"
 OPERATIONS = ("create", "upsert")
+MAX_JOB_ID_CHARS = 64
+MAX_USER_ID_CHARS = 200
 Operation = Literal["create", "upsert"]
 
 
@@ -69,8 +71,14 @@ class ContactJob:
         job_id, user_id = message.get("job_id"), message.get("user_id")
         operation, accepted = message.get("operation"), message.get("accepted_at_us")
         request_id = message.get("request_id")
-        if not (isinstance(job_id, str) and job_id and isinstance(user_id, str) and user_id):
-            raise InvalidJobMessage("job message must name job_id and user_id")
+        if not (isinstance(job_id, str) and 0 < len(job_id) <= MAX_JOB_ID_CHARS):
+            raise InvalidJobMessage(
+                f"job_id must be a string of 1 to {MAX_JOB_ID_CHARS} characters"
+            )
+        if not (isinstance(user_id, str) and 0 < len(user_id) <= MAX_USER_ID_CHARS):
+            raise InvalidJobMessage(
+                f"user_id must be a string of 1 to {MAX_USER_ID_CHARS} characters"
+            )
         if operation not in OPERATIONS:
             raise InvalidJobMessage("operation must be create or upsert")
         if not isinstance(accepted, int) or isinstance(accepted, bool) or accepted <= 0:

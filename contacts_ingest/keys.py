@@ -12,6 +12,7 @@ from datetime import datetime
 from cachetools import TTLCache
 from sqlalchemy import Engine, func, insert, or_, select, update
 
+from contacts_ingest.jobs import MAX_USER_ID_CHARS
 from contacts_ingest.schema import api_keys
 
 KEY_PREFIX = "cik_"
@@ -31,8 +32,8 @@ class KeyInfo:
 
 def create_key(engine: Engine, user_id: str) -> tuple[str, str]:
     """Create a key for ``user_id``; return (key_id, key). The key is shown only here."""
-    if not user_id or len(user_id) > 200:
-        raise ValueError("user id must be 1 to 200 characters")
+    if not user_id or len(user_id) > MAX_USER_ID_CHARS:
+        raise ValueError(f"user id must be 1 to {MAX_USER_ID_CHARS} characters")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = "key_" + secrets.token_hex(6)
     with engine.begin() as conn:

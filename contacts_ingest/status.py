@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from sqlalchemy import Engine, RowMapping, select
 
-from contacts_ingest.jobs import JobBoard, datetime_from_us, iso_timestamp
+from contacts_ingest.jobs import MAX_JOB_ID_CHARS, JobBoard, datetime_from_us, iso_timestamp
 from contacts_ingest.schema import contact_jobs
 
 FinalJobReader = Callable[[str], RowMapping | None]
@@ -57,12 +58,18 @@ def job_status(
     Reads Redis before PostgreSQL: a worker deletes the pending record only after
     the final row committed, so this order can never miss a job in between.
     """
-    if len(job_id) > 64:
+    if len(job_id) > MAX_JOB_ID_CHARS:
         return None
-    pending = board.pending(job_id)
+    try:
+        pending, redis_error = board.pending(job_id), None
+    except redis.RedisError as exc:
+        # A final job can still be answered from PostgreSQL while Redis is down.
+        pending, redis_error = None, exc
     final = final_job(job_id)
     if final is not None:
         return final_job_document(final) if final["user_id"] == user_id else None
+    if redis_error is not None:
+        raise redis_error
     if pending is not None and pending["user_id"] == user_id:
         return pending_job_document(job_id, pending)
     return None

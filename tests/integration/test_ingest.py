@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from contacts_ingest.jobs import ContactJob, JobBoard, Operation, new_job_id
 from contacts_ingest.producer import job_board
 from contacts_ingest.schema import contact_jobs, contacts
 from contacts_ingest.settings import Settings
+from contacts_ingest.status import job_status, read_final_job
 from tests.conftest import unique
 
 pytestmark = pytest.mark.integration
@@ -364,9 +366,36 @@ def test_attempts_count_deliveries(
     assert attempts == 2
 
 
+def test_a_taken_job_reads_processing_until_final(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    message = admitted(board, user, {"email": "p@example.com"})
+    reader = partial(read_final_job, engine)
+    document = job_status(board, reader, message["job_id"], user)
+    assert document is not None
+    assert document["status"] == "queued"
+    board.start(message["job_id"])
+    document = job_status(board, reader, message["job_id"], user)
+    assert document is not None
+    assert document["status"] == "processing"
+    run(ingestor, message)
+    document = job_status(board, reader, message["job_id"], user)
+    assert document is not None
+    assert document["status"] == "succeeded"
+    assert job_status(board, reader, message["job_id"], unique("user")) is None
+
+
 @pytest.mark.parametrize(
     "message",
-    [None, "text", {"job_id": "job_x"}, {"job_id": "job_x", "user_id": "u", "operation": "delete"}],
+    [
+        None,
+        "text",
+        {"job_id": "job_x"},
+        {"job_id": "job_x", "user_id": "u", "operation": "delete", "accepted_at_us": 1},
+        {"job_id": "job_x", "user_id": "u" * 201, "operation": "create", "accepted_at_us": 1},
+        {"job_id": "j" * 65, "user_id": "u", "operation": "create", "accepted_at_us": 1},
+        {"job_id": "job_x", "user_id": "u", "operation": "create", "accepted_at_us": "soon"},
+    ],
 )
 def test_a_message_naming_no_job_is_dropped_without_a_row(
     ingestor: ContactIngestor, engine: Engine, message: Any

@@ -288,3 +288,21 @@ def test_request_id_is_echoed_or_created(gw: Harness) -> None:
     assert gw.published[0].request_id == "abc-123"
     fresh = gw.post({"email": "bob2@example.com"})
     assert fresh.headers["X-Request-ID"].startswith("req_")
+
+
+def test_a_final_job_is_still_answered_while_redis_is_down(gw: Harness) -> None:
+    moment = datetime(2026, 6, 11, 12, 0, tzinfo=UTC)
+    gw.final_rows["job_done"] = {
+        "job_id": "job_done",
+        "user_id": "alice",
+        "status": "succeeded",
+        "operation": "create",
+        "accepted_at": moment,
+        "finished_at": moment,
+        "result": {"code": 201, "data": {}},
+        "error": None,
+    }
+    assert gw.redis_server is not None
+    gw.redis_server.connected = False
+    assert gw.client.simulate_get("/io/contacts/jobs/job_done", headers=ALICE).status_code == 200
+    assert gw.client.simulate_get("/io/contacts/jobs/job_other", headers=ALICE).status_code == 503
