@@ -37,7 +37,10 @@ class GatewayDeps:
 
 
 def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
-    body: dict[str, Any] = {"error": exc.description or exc.title}
+    title = exc.title
+    if title[:3].isdigit():  # Falcon's own titles start with the code: "405 Method Not Allowed"
+        title = title[4:]
+    body: dict[str, Any] = {"error": exc.description or title}
     errors = getattr(exc, "errors", None)
     if errors:
         body["errors"] = errors

@@ -51,7 +51,9 @@ def _read_json_body(req: falcon.Request) -> object:
         raise falcon.HTTPUnsupportedMediaType(description="Content-Type must be application/json")
     if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description="Request body must be 64 KiB or smaller")
-    raw = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+    # Without Content-Length (chunked), read the raw stream, still never past the limit.
+    stream = req.bounded_stream if req.content_length is not None else req.stream
+    raw = stream.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description="Request body must be 64 KiB or smaller")
     try:
@@ -136,7 +138,8 @@ class ContactsResource:
             return "create"
         operation = _UPSERT_FLAGS.get(flag.strip().lower())
         if operation is None:
-            raise InvalidRequest("upsert must be 1 or 0")
+            message = "upsert must be 1 or 0"
+            raise InvalidRequest(message, [FieldError("upsert", message)])
         return operation
 
 

@@ -70,6 +70,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the HTTP gateway under granian (a production WSGI server)."""
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
 
     _settings()  # fail here, not in every gateway process, if the configuration is wrong
     Granian(
@@ -82,6 +83,8 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         # Requests beyond the threads wait in granian's I/O loop, not in Python.
         backpressure=threads,
         respawn_failed_workers=True,
+        # Caps the request head (line and headers) at 64 KiB; bodies are capped by the app.
+        http1_settings=HTTP1Settings(max_buffer_size=64 * 1024),
     ).serve()
 
 

@@ -28,6 +28,8 @@ SOCIAL_NETWORKS = ("linkedin", "twitter", "instagram", "telegram", "whatsapp", "
 EMAIL_MAX_CHARS = 254
 CUSTOM_FIELDS_MAX_KEYS = 20
 CUSTOM_FIELDS_MAX_BYTES = 8192
+# Deeper values would only exist to hurt parsers on the way to the database.
+CUSTOM_FIELDS_MAX_DEPTH = 32
 
 EMAIL_MESSAGE = "A valid email is required"
 STATUS_MESSAGE = "status must be subscribed, unsubscribed, bounced, or complained"
@@ -35,6 +37,9 @@ BODY_NOT_OBJECT_MESSAGE = "Request body must be a JSON object"
 CUSTOM_FIELDS_KEYS_MESSAGE = f"customFields must have {CUSTOM_FIELDS_MAX_KEYS} keys or fewer"
 CUSTOM_FIELDS_SIZE_MESSAGE = (
     f"customFields must be {CUSTOM_FIELDS_MAX_BYTES} bytes (8 KB) of JSON or fewer"
+)
+CUSTOM_FIELDS_DEPTH_MESSAGE = (
+    f"customFields must not nest more than {CUSTOM_FIELDS_MAX_DEPTH} levels deep"
 )
 WORKSPACE_MESSAGE = "workspaceId must be a UUID"
 
@@ -74,14 +79,24 @@ class ContactInvalid(Exception):
         return self.errors[0]["message"]
 
 
-def _contains_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(v) for v in value)
-    return False
+def _json_problem(value: Any) -> str | None:
+    """Why a decoded JSON value cannot be stored, or None. Walks without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > CUSTOM_FIELDS_MAX_DEPTH:
+            return CUSTOM_FIELDS_DEPTH_MESSAGE
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "customFields must not contain NUL characters"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in key:
+                    return "customFields must not contain NUL characters"
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return None
 
 
 def _reject_nul(value: str) -> str:
@@ -126,8 +141,9 @@ def custom_fields_problem(fields: dict[str, Any]) -> str | None:
 def _check_custom_fields(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if not value:
         return value
-    if _contains_nul(value):
-        raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    problem = _json_problem(value)
+    if problem:
+        raise PydanticCustomError("custom_fields", problem)
     # Null values are removals; the limits apply to what would be stored.
     problem = custom_fields_problem({k: v for k, v in value.items() if v is not None})
     if problem:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from contacts_ingest.jobs import MAX_JOB_ID_CHARS, JobBoard, datetime_from_us, i
 from contacts_ingest.schema import contact_jobs
 
 FinalJobReader = Callable[[str], RowMapping | None]
+_JOB_ID_SHAPE = re.compile(rf"^[A-Za-z0-9_-]{{1,{MAX_JOB_ID_CHARS}}}$")
 
 
 def read_final_job(engine: Engine, job_id: str) -> RowMapping | None:
@@ -58,7 +60,7 @@ def job_status(
     Reads Redis before PostgreSQL: a worker deletes the pending record only after
     the final row committed, so this order can never miss a job in between.
     """
-    if len(job_id) > MAX_JOB_ID_CHARS:
+    if not _JOB_ID_SHAPE.match(job_id):
         return None
     try:
         pending, redis_error = board.pending(job_id), None

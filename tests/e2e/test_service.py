@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,35 @@ def test_health_and_readiness(service: Service) -> None:
     ready = requests.get(f"{service.base}/readyz", timeout=5)
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"redis": "ok", "postgres": "ok"}
+
+
+def test_hostile_requests_at_the_real_server_get_clear_4xx(service: Service) -> None:
+    _, auth = service.new_user()
+    url = f"{service.base}/io/contacts/contacts"
+    headers = {**auth, "Content-Type": "application/json"}
+
+    def chunks(raw: bytes) -> Iterator[bytes]:
+        for start in range(0, len(raw), 4096):
+            yield raw[start : start + 4096]
+
+    small = requests.post(url, data=chunks(b'{"email": "ch@example.com"}'), headers=headers)
+    assert small.status_code == 202  # chunked transfer, no Content-Length
+    big = b'{"email": "ch2@example.com", "x": "' + b"a" * 100_000 + b'"}'
+    refused = requests.post(url, data=chunks(big), headers=headers, timeout=10)
+    assert refused.status_code == 413
+    assert refused.json() == {"error": "Request body must be 64 KiB or smaller"}
+
+    huge_head = requests.post(
+        url, json={"email": "h@example.com"}, headers={**headers, "X-Pad": "a" * 100_000}
+    )
+    assert huge_head.status_code == 431
+
+    nested = b'{"email": "n@example.com", "customFields": {"a": ' + b"[" * 900 + b"]" * 900 + b"}}"
+    deep = requests.post(url, data=nested, headers=headers, timeout=10)
+    assert deep.status_code == 400
+    assert deep.json()["error"] == "customFields must not nest more than 32 levels deep"
+
+    for raw in (b'{"email": "x@example.com", "firstName": "\xff"}', b"[" * 5000, b"\x00"):
+        assert requests.post(url, data=raw, headers=headers, timeout=10).status_code == 400
+    odd = requests.get(f"{service.base}/io/contacts/jobs/%00%ff", headers=auth, timeout=10)
+    assert odd.status_code == 404

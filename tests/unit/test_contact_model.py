@@ -220,3 +220,18 @@ def test_a_body_that_is_not_an_object_is_rejected(body: Any) -> None:
 def test_changes_name_only_the_fields_present() -> None:
     contact = accepted({"lastName": "Smith", "phone": None})
     assert contact.changes() == {"email": EMAIL, "last_name": "Smith", "phone": None}
+
+
+def test_custom_fields_nest_32_levels_deep_and_no_deeper() -> None:
+    def nested(levels: int) -> dict[str, Any]:
+        value: Any = "leaf"
+        for _ in range(levels - 2):  # the object itself and its leaf make two levels
+            value = [value]
+        return {"k": value}
+
+    assert accepted({"customFields": nested(32)})
+    assert errors_of({"email": EMAIL, "customFields": nested(33)}) == [
+        {"field": "customFields", "message": "customFields must not nest more than 32 levels deep"}
+    ]
+    # Far deeper than Python's recursion limit: still a clean 400.
+    assert errors_of({"email": EMAIL, "customFields": nested(5000)})[0]["field"] == "customFields"

@@ -306,3 +306,15 @@ def test_a_final_job_is_still_answered_while_redis_is_down(gw: Harness) -> None:
     gw.redis_server.connected = False
     assert gw.client.simulate_get("/io/contacts/jobs/job_done", headers=ALICE).status_code == 200
     assert gw.client.simulate_get("/io/contacts/jobs/job_other", headers=ALICE).status_code == 503
+
+
+def test_unshaped_job_ids_are_404_without_touching_storage(gw: Harness) -> None:
+    for job_id in ("%00%ff", "job_%20x", "x" * 65):
+        result = gw.client.simulate_get(f"/io/contacts/jobs/{job_id}", headers=ALICE)
+        assert result.status_code == 404, job_id
+
+
+def test_falcon_errors_read_as_plain_sentences(gw: Harness) -> None:
+    result = gw.client.simulate_put("/io/contacts/contacts", json={}, headers=ALICE)
+    assert result.status_code == 405
+    assert result.json == {"error": "Method Not Allowed"}
