@@ -7,6 +7,7 @@ Messages are the API reference's own wording.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -96,6 +97,9 @@ def _json_problem(value: Any) -> str | None:
                 stack.append((child, depth + 1))
         elif isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            # Only internal producers can send these; PostgreSQL's JSON cannot hold them.
+            return "customFields must hold only finite numbers"
     return None
 
 
@@ -117,9 +121,12 @@ def _normalize_email(value: object) -> str:
     if not isinstance(value, str) or len(value) > EMAIL_MAX_CHARS or "\x00" in value:
         raise PydanticCustomError("email", EMAIL_MESSAGE)
     try:
-        return validate_email(value, check_deliverability=False).normalized
+        normalized = validate_email(value, check_deliverability=False).normalized
     except EmailNotValidError:
         raise PydanticCustomError("email", EMAIL_MESSAGE) from None
+    if len(normalized) > EMAIL_MAX_CHARS:  # IDNA mapping can lengthen a domain ("ﬁ" -> "fi")
+        raise PydanticCustomError("email", EMAIL_MESSAGE)
+    return normalized
 
 
 def custom_fields_problem(fields: dict[str, Any]) -> str | None:

@@ -235,3 +235,19 @@ def test_custom_fields_nest_32_levels_deep_and_no_deeper() -> None:
     ]
     # Far deeper than Python's recursion limit: still a clean 400.
     assert errors_of({"email": EMAIL, "customFields": nested(5000)})[0]["field"] == "customFields"
+
+
+def test_an_email_whose_normalized_form_outgrows_254_characters_is_rejected() -> None:
+    # IDNA maps the ligature U+FB01 to "fi": 249 characters become 255.
+    address = (
+        "a" * 64 + "@" + "\ufb01" * 6 + "." + "d" * 63 + "." + "d" * 63 + "." + "d" * 47 + ".com"
+    )
+    assert len(address) <= 254
+    assert errors_of({"email": address})[0]["message"] == "A valid email is required"
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf")])
+def test_custom_fields_refuse_non_finite_numbers(number: float) -> None:
+    assert errors_of({"email": EMAIL, "customFields": {"n": number}}) == [
+        {"field": "customFields", "message": "customFields must hold only finite numbers"}
+    ]
