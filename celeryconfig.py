@@ -13,11 +13,16 @@ from contacts_ingest.settings import Settings
 
 def from_settings(settings: Settings) -> dict[str, Any]:
     """The part of the configuration that follows the settings object."""
+    visibility = settings.celery_visibility_timeout
     return {
         "broker_url": settings.broker_url,
         "broker_transport_options": {
             # A message taken but not acknowledged within this many seconds is redelivered.
-            "visibility_timeout": settings.celery_visibility_timeout,
+            "visibility_timeout": visibility,
+            # Workers sweep for such messages this often (kombu's default sweep runs only
+            # every ~100 s); so a dead worker's jobs restart within visibility + interval.
+            "unacked_restore_interval": max(1, min(10, visibility // 3)),
+            "unacked_restore_throttle": 1,
             "global_keyprefix": settings.redis_key_prefix,
         },
         "task_default_queue": settings.celery_queue,
