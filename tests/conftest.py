@@ -25,6 +25,14 @@ ADMIN_DATABASE_URL = os.environ.get(
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+# A contact as the API returns it: the reference's fields in its order, then ours.
+CONTACT_FIELDS = [
+    *("id", "email", "first_name", "last_name", "phone", "company", "job_title"),
+    *("social_profiles", "status", "lead_score", "created_at"),
+    *("custom_fields", "source", "workspace_id", "updated_at"),
+]
+
+
 def unique(prefix: str) -> str:
     """A fresh id for one test's own data."""
     return f"{prefix}-{secrets.token_hex(6)}"

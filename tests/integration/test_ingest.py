@@ -16,7 +16,7 @@ from contacts_ingest.producer import job_board
 from contacts_ingest.schema import contact_jobs, contacts
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import job_status, read_final_job
-from tests.conftest import unique
+from tests.conftest import CONTACT_FIELDS, unique
 
 pytestmark = pytest.mark.integration
 
@@ -75,23 +75,7 @@ def test_create_stores_the_contact_and_records_201(
     assert (outcome.status, outcome.code) == ("succeeded", 201)
     assert outcome.result is not None
     contact = outcome.result["data"]
-    assert list(contact) == [
-        "id",
-        "email",
-        "first_name",
-        "last_name",
-        "phone",
-        "company",
-        "job_title",
-        "social_profiles",
-        "status",
-        "lead_score",
-        "created_at",
-        "custom_fields",
-        "source",
-        "workspace_id",
-        "updated_at",
-    ]
+    assert list(contact) == CONTACT_FIELDS
     assert contact["id"].startswith("cnt_")
     assert contact["email"] == "Bob@example.com"
     assert contact["status"] == "subscribed"
