@@ -14,7 +14,14 @@ from falcon.media import JSONHandler
 from sqlalchemy.exc import SQLAlchemyError
 
 from api_gateway.middleware import AuthMiddleware, RequestIdMiddleware
-from api_gateway.resources import ContactsResource, HealthResource, JobResource, ReadyResource
+from api_gateway.openapi import openapi_document
+from api_gateway.resources import (
+    ContactsResource,
+    HealthResource,
+    JobResource,
+    OpenApiResource,
+    ReadyResource,
+)
 from contacts_ingest.jobs import JobBoard, JobPublisher
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import FinalJobReader
@@ -82,5 +89,6 @@ def create_app(
     app.add_route("/io/contacts/jobs/{job_id}", JobResource(deps.board, deps.final_job))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(deps.readiness))
+    app.add_route("/openapi.json", OpenApiResource(openapi_document(settings)))
     app.add_sink(_not_found, "/")
     return app

@@ -167,6 +167,19 @@ class HealthResource:
         resp.media = {"status": "ok"}
 
 
+class OpenApiResource:
+    """GET /openapi.json: the OpenAPI 3.1 description of this API."""
+
+    public = True
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self._body = orjson.dumps(document)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.data = self._body
+        resp.content_type = falcon.MEDIA_JSON
+
+
 class ReadyResource:
     """GET /readyz: Redis and PostgreSQL answer; 503 naming the ones that do not."""
 

@@ -21,6 +21,7 @@ from pydantic import (
     PlainValidator,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
@@ -192,7 +193,11 @@ class ContactRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=False, frozen=True)
 
-    email: Annotated[str, PlainValidator(_normalize_email)]
+    email: Annotated[
+        str,
+        PlainValidator(_normalize_email),
+        WithJsonSchema({"type": "string", "format": "email", "maxLength": EMAIL_MAX_CHARS}),
+    ]
     first_name: Text100 | None = Field(default=None, alias="firstName")
     last_name: Text100 | None = Field(default=None, alias="lastName")
     phone: Text50 | None = None
@@ -200,13 +205,25 @@ class ContactRequest(BaseModel):
     job_title: Text100 | None = Field(default=None, alias="jobTitle")
     social_profiles: SocialProfiles | None = Field(default=None, alias="socialProfiles")
     status: Literal["subscribed", "unsubscribed", "bounced", "complained"] = "subscribed"
-    custom_fields: Annotated[dict[str, Any] | None, AfterValidator(_check_custom_fields)] = Field(
-        default=None, alias="customFields", strict=True
-    )
+    custom_fields: Annotated[
+        dict[str, Any] | None,
+        AfterValidator(_check_custom_fields),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "object", "maxProperties": CUSTOM_FIELDS_MAX_KEYS},
+                    {"type": "null"},
+                ],
+                "description": "At most 20 keys and 8192 bytes of compact JSON, 32 levels deep.",
+            }
+        ),
+    ] = Field(default=None, alias="customFields", strict=True)
     source: Text100 | None = None
-    workspace_id: Annotated[str | None, PlainValidator(_canonical_uuid)] = Field(
-        default=None, alias="workspaceId"
-    )
+    workspace_id: Annotated[
+        str | None,
+        PlainValidator(_canonical_uuid),
+        WithJsonSchema({"anyOf": [{"type": "string", "format": "uuid"}, {"type": "null"}]}),
+    ] = Field(default=None, alias="workspaceId")
 
     @property
     def email_key(self) -> str:

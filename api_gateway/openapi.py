@@ -1,0 +1,278 @@
+"""The OpenAPI 3.1 description of the gateway, served at GET /openapi.json.
+
+The request schema comes from the validation model itself, so the two cannot drift;
+a test drives every documented route and code and checks each answer against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contacts_ingest.contact import STATUSES, ContactRequest
+from contacts_ingest.settings import Settings
+
+_REF = "#/components/schemas/{model}"
+
+
+def _json(schema_name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}}
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description, "content": _json("Error")}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2026-06-11T12:00:00Z"]}
+_RATE_HEADERS = {
+    "RateLimit-Policy": {
+        "description": 'The quota: `"writes";q=<writes>;w=<window seconds>`.',
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": 'What is left: `"writes";r=<remaining>;t=<seconds until one more>`.',
+        "schema": {"type": "string"},
+    },
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Whole seconds.", "schema": {"type": "integer"}}}
+
+
+def _schemas() -> dict[str, Any]:
+    request = ContactRequest.model_json_schema(by_alias=True, ref_template=_REF)
+    nested = request.pop("$defs", {})
+    contact_properties = {
+        "id": {"type": "string", "pattern": "^cnt_"},
+        "email": {"type": "string"},
+        "first_name": _NULLABLE_STRING,
+        "last_name": _NULLABLE_STRING,
+        "phone": _NULLABLE_STRING,
+        "company": _NULLABLE_STRING,
+        "job_title": _NULLABLE_STRING,
+        "social_profiles": {"type": "object", "additionalProperties": {"type": "string"}},
+        "status": {"enum": list(STATUSES)},
+        "lead_score": {"type": "integer"},
+        "created_at": _TIMESTAMP,
+        "custom_fields": {"type": "object"},
+        "source": _NULLABLE_STRING,
+        "workspace_id": {"type": ["string", "null"], "format": "uuid"},
+        "updated_at": _TIMESTAMP,
+    }
+    contact = {
+        "type": "object",
+        "required": list(contact_properties),
+        "properties": contact_properties,
+    }
+    field_error = {
+        "type": "object",
+        "required": ["field", "message"],
+        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+    }
+    return {
+        **nested,
+        "ContactRequest": request,
+        "Contact": contact,
+        "FieldError": field_error,
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {"type": "string"},
+                "errors": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
+            },
+        },
+        "JobAccepted": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "data": {
+                    "type": "object",
+                    "required": ["job_id", "status", "operation"],
+                    "properties": {
+                        "job_id": {"type": "string", "pattern": "^job_"},
+                        "status": {"const": "queued"},
+                        "operation": {"enum": ["create", "upsert"]},
+                    },
+                }
+            },
+        },
+        "JobStatus": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "data": {
+                    "type": "object",
+                    "required": [
+                        "job_id",
+                        "status",
+                        "operation",
+                        "created_at",
+                        "finished_at",
+                        "result",
+                        "error",
+                    ],
+                    "properties": {
+                        "job_id": {"type": "string"},
+                        "status": {"enum": ["queued", "processing", "succeeded", "failed"]},
+                        "operation": {"enum": ["create", "upsert"]},
+                        "created_at": _TIMESTAMP,
+                        "finished_at": {"anyOf": [_TIMESTAMP, {"type": "null"}]},
+                        "result": {
+                            "anyOf": [
+                                {
+                                    "type": "object",
+                                    "required": ["code", "data"],
+                                    "properties": {
+                                        "code": {"enum": [200, 201]},
+                                        "data": {"$ref": "#/components/schemas/Contact"},
+                                    },
+                                },
+                                {"type": "null"},
+                            ]
+                        },
+                        "error": {
+                            "anyOf": [
+                                {
+                                    "type": "object",
+                                    "required": ["code", "message"],
+                                    "properties": {
+                                        "code": {"enum": [400, 409]},
+                                        "message": {"type": "string"},
+                                        "errors": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/FieldError"},
+                                        },
+                                    },
+                                },
+                                {"type": "null"},
+                            ]
+                        },
+                    },
+                }
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"const": "ok"}},
+        },
+        "Readiness": {
+            "type": "object",
+            "required": ["status", "checks"],
+            "properties": {
+                "status": {"enum": ["ready", "unavailable"]},
+                "checks": {
+                    "type": "object",
+                    "additionalProperties": {"enum": ["ok", "unavailable"]},
+                },
+            },
+        },
+    }
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The document, with the configured rate limit written into its descriptions."""
+    limit = settings.rate_limit_message
+    unavailable = _error("Redis or PostgreSQL unreachable; nothing was enqueued.", _RETRY_AFTER)
+    unauthorized = _error("Missing, unknown or revoked API key.")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "contacts-ingest",
+            "version": "1.0.0",
+            "description": "Create or upsert contacts asynchronously; poll the job's outcome.",
+        },
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/io/contacts/contacts": {
+                "post": {
+                    "operationId": "createContact",
+                    "summary": "Create a contact, or upsert it with ?upsert=1",
+                    "parameters": [
+                        {
+                            "name": "upsert",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"enum": ["0", "1", "true", "false"]},
+                        }
+                    ],
+                    "requestBody": {"required": True, "content": _json("ContactRequest")},
+                    "responses": {
+                        "202": {
+                            "description": "Accepted and queued.",
+                            "headers": {
+                                **_RATE_HEADERS,
+                                "Location": {
+                                    "description": "/io/contacts/jobs/<job_id>",
+                                    "schema": {"type": "string"},
+                                },
+                            },
+                            "content": _json("JobAccepted"),
+                        },
+                        "400": _error("A rule is broken; `errors` lists every failing field."),
+                        "401": unauthorized,
+                        "413": _error("Body over 64 KiB."),
+                        "415": _error("Content-Type is not JSON."),
+                        "429": _error(limit, {**_RATE_HEADERS, **_RETRY_AFTER}),
+                        "431": {"description": "Request head (line and headers) over 64 KiB."},
+                        "503": unavailable,
+                    },
+                }
+            },
+            "/io/contacts/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "summary": "A job's status and, once final, its outcome",
+                    "parameters": [
+                        {
+                            "name": "job_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"description": "The job.", "content": _json("JobStatus")},
+                        "401": unauthorized,
+                        "404": _error("No such job for this key's user."),
+                        "503": unavailable,
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "security": [],
+                    "responses": {"200": {"description": "Alive.", "content": _json("Health")}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readiness",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "Ready.", "content": _json("Readiness")},
+                        "503": {"description": "Not ready.", "content": _json("Readiness")},
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "This document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+    }

@@ -1,0 +1,195 @@
+"""GET /openapi.json tells the truth: every route, every code, every body shape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from falcon.inspect import inspect_routes
+from falcon.testing import Result
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from tests.unit.harness import ALICE, BOB, JSON, Harness, make_harness
+
+# Answered by the HTTP server (granian) before the app sees the request; the
+# end-to-end hostile-input test covers it.
+SERVER_CODES = {("post", "/io/contacts/contacts", "431")}
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    result = make_harness().client.simulate_get("/openapi.json")
+    assert result.status_code == 200
+    loaded: dict[str, Any] = result.json
+    return loaded
+
+
+def test_the_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
+    assert document["openapi"].startswith("3.1")
+    validate(document)
+
+
+def test_every_route_is_documented_and_every_documented_route_exists(
+    document: dict[str, Any],
+) -> None:
+    app = make_harness().client.app
+    served = {
+        (method.lower(), route.path)
+        for route in inspect_routes(app)
+        for method in (m.method for m in route.methods if m.internal is False)
+    }
+    documented = {(method, path) for path, item in document["paths"].items() for method in item}
+    assert served == documented
+
+
+def _final_row(job_id: str, user_id: str = "alice") -> dict[str, Any]:
+    moment = datetime(2026, 6, 11, 12, 0, tzinfo=UTC)
+    contact: dict[str, Any] = {
+        "id": "cnt_1",
+        "email": "bob@example.com",
+        **dict.fromkeys(("first_name", "last_name", "phone", "company", "job_title"), None),
+        "social_profiles": {},
+        "status": "subscribed",
+        "lead_score": 0,
+        "created_at": "2026-06-11T12:00:00Z",
+        "custom_fields": {},
+        "source": None,
+        "workspace_id": None,
+        "updated_at": "2026-06-11T12:00:00Z",
+    }
+    return {
+        "job_id": job_id,
+        "user_id": user_id,
+        "status": "succeeded",
+        "operation": "create",
+        "accepted_at": moment,
+        "finished_at": moment,
+        "result": {"code": 201, "data": contact},
+        "error": None,
+    }
+
+
+def _post(gw: Harness, payload: Any = None, **kw: Any) -> Result:
+    kw.setdefault("headers", {**ALICE, **JSON})
+    if "body" not in kw:
+        kw["json"] = payload
+    return gw.client.simulate_post("/io/contacts/contacts", **kw)
+
+
+def _redis_down(gw: Harness) -> Harness:
+    assert gw.redis_server is not None
+    gw.redis_server.connected = False
+    return gw
+
+
+SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
+    ("post", "/io/contacts/contacts", "202"): lambda: _post(
+        make_harness(), {"email": "a@example.com"}
+    ),
+    ("post", "/io/contacts/contacts", "400"): lambda: _post(make_harness(), {"email": "x"}),
+    ("post", "/io/contacts/contacts", "401"): lambda: _post(
+        make_harness(), {"email": "a@example.com"}, headers=JSON
+    ),
+    ("post", "/io/contacts/contacts", "413"): lambda: _post(
+        make_harness(), {"email": "a@example.com", "pad": "x" * 70_000}
+    ),
+    ("post", "/io/contacts/contacts", "415"): lambda: _post(
+        make_harness(), body=b"{}", headers={**ALICE, "Content-Type": "text/plain"}
+    ),
+    ("post", "/io/contacts/contacts", "429"): lambda: (
+        lambda gw: [_post(gw, {"email": "a@example.com"}) for _ in range(2)][-1]
+    )(make_harness(limit=1)),
+    ("post", "/io/contacts/contacts", "503"): lambda: _post(
+        _redis_down(make_harness()), {"email": "a@example.com"}
+    ),
+    ("get", "/io/contacts/jobs/{job_id}", "200"): lambda: (
+        lambda gw: gw.client.simulate_get(
+            f"/io/contacts/jobs/{_post(gw, {'email': 'a@example.com'}).json['data']['job_id']}",
+            headers=ALICE,
+        )
+    )(make_harness()),
+    ("get", "/io/contacts/jobs/{job_id}", "401"): lambda: make_harness().client.simulate_get(
+        "/io/contacts/jobs/job_1"
+    ),
+    ("get", "/io/contacts/jobs/{job_id}", "404"): lambda: make_harness().client.simulate_get(
+        "/io/contacts/jobs/job_1", headers=BOB
+    ),
+    ("get", "/io/contacts/jobs/{job_id}", "503"): lambda: _redis_down(
+        make_harness()
+    ).client.simulate_get("/io/contacts/jobs/job_1", headers=ALICE),
+    ("get", "/healthz", "200"): lambda: make_harness().client.simulate_get("/healthz"),
+    ("get", "/readyz", "200"): lambda: make_harness().client.simulate_get("/readyz"),
+    ("get", "/readyz", "503"): lambda: make_harness(ready=False).client.simulate_get("/readyz"),
+    ("get", "/openapi.json", "200"): lambda: make_harness().client.simulate_get("/openapi.json"),
+}
+
+
+def _validator(document: dict[str, Any], schema: dict[str, Any]) -> Draft202012Validator:
+    """Validates against ``schema``, resolving its $refs inside the document."""
+    registry: Registry[Any] = Registry().with_resource(
+        "urn:openapi", Resource.from_contents(document, default_specification=DRAFT202012)
+    )
+    if "$ref" in schema:
+        schema = {"$ref": "urn:openapi" + schema["$ref"]}
+    return Draft202012Validator(schema, registry=registry)
+
+
+def _documented_codes(document: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (method, path, code)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        for code in operation["responses"]
+    }
+
+
+def test_every_documented_code_has_a_scenario(document: dict[str, Any]) -> None:
+    assert _documented_codes(document) - SERVER_CODES == set(SCENARIOS)
+
+
+@pytest.mark.parametrize("key", sorted(SCENARIOS), ids=lambda k: " ".join(k))
+def test_each_answer_matches_its_documented_code_body_and_headers(
+    document: dict[str, Any], key: tuple[str, str, str]
+) -> None:
+    method, path, code = key
+    result = SCENARIOS[key]()
+    assert str(result.status_code) == code, result.text
+    documented = document["paths"][path][method]["responses"][code]
+    for header in documented.get("headers", {}):
+        assert header in result.headers, header
+    schema = documented.get("content", {}).get("application/json", {}).get("schema")
+    if schema is not None:
+        errors = [e.message for e in _validator(document, schema).iter_errors(result.json)]
+        assert not errors
+
+
+def test_a_final_job_matches_the_job_schema(document: dict[str, Any]) -> None:
+    gw = make_harness()
+    gw.final_rows["job_1"] = _final_row("job_1")
+    result = gw.client.simulate_get("/io/contacts/jobs/job_1", headers=ALICE)
+    validator = _validator(document, {"$ref": "#/components/schemas/JobStatus"})
+    assert not [e.message for e in validator.iter_errors(result.json)]
+
+
+def test_the_request_schema_names_every_field_of_the_model(document: dict[str, Any]) -> None:
+    properties = document["components"]["schemas"]["ContactRequest"]["properties"]
+    assert set(properties) == {
+        "email",
+        "firstName",
+        "lastName",
+        "phone",
+        "company",
+        "jobTitle",
+        "socialProfiles",
+        "status",
+        "customFields",
+        "source",
+        "workspaceId",
+    }
+    assert properties["firstName"]["anyOf"][0]["maxLength"] == 100
+    assert document["components"]["schemas"]["ContactRequest"]["required"] == ["email"]
