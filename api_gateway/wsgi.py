@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import falcon
 import redis
-from sqlalchemy import text
 
 from api_gateway.app import GatewayDeps, create_app
 from contacts_ingest.database import make_engine
 from contacts_ingest.keys import KeyResolver
 from contacts_ingest.logs import configure_logging
+from contacts_ingest.migrate import head_revision, require_current_schema
 from contacts_ingest.producer import CeleryPublisher, job_board, producer_celery
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import read_final_job
@@ -27,9 +27,11 @@ def build_app(settings: Settings | None = None) -> falcon.App[falcon.Request, fa
     engine = make_engine(settings.database_url, read_only=True)
     board = job_board(client, settings)
 
+    head = head_revision()
+
     def postgres_ready() -> None:
         with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+            require_current_schema(conn, head)
 
     deps = GatewayDeps(
         user_for_key=KeyResolver(engine, ttl=settings.key_cache_ttl_seconds).user_for,

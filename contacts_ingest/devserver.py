@@ -69,17 +69,29 @@ def start_embedded_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
         ]
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
-    _wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close(), "Redis")
+    _wait_for(
+        lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close(),
+        "Redis",
+        processes=[process],
+    )
     return url, process
 
 
-def _wait_for(probe: Any, what: str, timeout: float = 30.0) -> None:
+def _wait_for(
+    probe: Any,
+    what: str,
+    timeout: float = 30.0,
+    processes: list[subprocess.Popen[bytes]] | None = None,
+) -> None:
+    """Retry ``probe`` until it passes; fail at once if one of ``processes`` exits."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             probe()
             return
         except Exception:
+            if any(p.poll() is not None for p in processes or []):
+                raise click.ClickException(f"{what} exited while starting; see above") from None
             if time.monotonic() > deadline:
                 raise click.ClickException(
                     f"{what} did not come up within {timeout:.0f}s"
@@ -128,7 +140,11 @@ def run_dev(data_dir_name: str, port: int) -> None:
             subprocess.Popen([*command, "serve", "--port", str(port), "--workers", "1"], env=env)
         )
         base = f"http://127.0.0.1:{port}"
-        _wait_for(lambda: urllib.request.urlopen(f"{base}/readyz", timeout=2).close(), "gateway")  # noqa: S310
+        _wait_for(
+            lambda: urllib.request.urlopen(f"{base}/readyz", timeout=2).close(),  # noqa: S310
+            "the gateway or the worker",
+            processes=children,
+        )
 
         click.echo(
             f"""

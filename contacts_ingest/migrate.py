@@ -6,7 +6,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, make_url, text
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
 from contacts_ingest.settings import sqlalchemy_url
@@ -43,3 +44,17 @@ def upgrade(database_url: str) -> None:
     """Create the database if missing, then apply every pending migration."""
     ensure_database(database_url)
     command.upgrade(alembic_config(database_url), "head")
+
+
+def head_revision() -> str:
+    """The newest migration this code knows."""
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert head is not None
+    return head
+
+
+def require_current_schema(conn: Connection, head: str) -> None:
+    """Raise if the database is not migrated to ``head`` (``contacts-ingest migrate``)."""
+    current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if current != head:
+        raise RuntimeError(f"schema at {current}, code expects {head}: run migrate")

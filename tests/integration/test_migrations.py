@@ -6,7 +6,13 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, make_url, text
 
-from contacts_ingest.migrate import alembic_config, ensure_database, upgrade
+from contacts_ingest.migrate import (
+    alembic_config,
+    ensure_database,
+    head_revision,
+    require_current_schema,
+    upgrade,
+)
 from contacts_ingest.settings import sqlalchemy_url
 from tests.conftest import ADMIN_DATABASE_URL, unique
 
@@ -25,8 +31,12 @@ def test_migrate_creates_the_database_and_the_schema_and_downgrades() -> None:
         assert not ensure_database(url_text)
         engine = create_engine(url)
         assert {"contacts", "contact_jobs", "api_keys"} <= set(inspect(engine).get_table_names())
+        with engine.connect() as conn:
+            require_current_schema(conn, head_revision())
         command.downgrade(alembic_config(url_text), "base")
         assert "contacts" not in inspect(engine).get_table_names()
+        with engine.connect() as conn, pytest.raises(RuntimeError, match="run migrate"):
+            require_current_schema(conn, head_revision())
         upgrade(url_text)
         assert "contacts" in inspect(engine).get_table_names()
         engine.dispose()
