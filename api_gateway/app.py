@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,18 @@ class GatewayDeps:
     readiness: Mapping[str, Callable[[], Any]]
 
 
+def _dumps(value: Any) -> bytes:
+    """orjson, falling back to the standard library for integers beyond 64 bits.
+
+    PostgreSQL's JSONB keeps such numbers (a customFields value like 1e29 comes back
+    as an integer), and orjson refuses to write them.
+    """
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
     title = exc.title
     if title[:3].isdigit():  # Falcon's own titles start with the code: "405 Method Not Allowed"
@@ -77,7 +90,7 @@ def create_app(
         middleware=middleware,
         cors_enable=False,
     )
-    json_handler = JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    json_handler = JSONHandler(dumps=_dumps, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.req_options.strip_url_path_trailing_slash = True

@@ -12,7 +12,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -111,11 +111,20 @@ def _reject_nul(value: str) -> str:
     return value
 
 
+def _text_schema(max_chars: int) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "maxLength": max_chars, "pattern": "^[^\\u0000]*$"})
+
+
 _NoNul = AfterValidator(_reject_nul)
-Text50 = Annotated[str, StringConstraints(max_length=50, strict=True), _NoNul]
-Text100 = Annotated[str, StringConstraints(max_length=100, strict=True), _NoNul]
-Text150 = Annotated[str, StringConstraints(max_length=150, strict=True), _NoNul]
-Text500 = Annotated[str, StringConstraints(max_length=500, strict=True), _NoNul]
+Text50 = Annotated[str, StringConstraints(max_length=50, strict=True), _NoNul, _text_schema(50)]
+Text100 = Annotated[str, StringConstraints(max_length=100, strict=True), _NoNul, _text_schema(100)]
+Text150 = Annotated[str, StringConstraints(max_length=150, strict=True), _NoNul, _text_schema(150)]
+Text500 = Annotated[str, StringConstraints(max_length=500, strict=True), _NoNul, _text_schema(500)]
+
+
+_SPECIAL_USE_DOMAIN_PATTERN = (
+    "[@.](?:" + "|".join(name.replace(".", "\\.") for name in SPECIAL_USE_DOMAIN_NAMES) + ")\\.?$"
+)
 
 
 def _normalize_email(value: object) -> str:
@@ -196,7 +205,15 @@ class ContactRequest(BaseModel):
     email: Annotated[
         str,
         PlainValidator(_normalize_email),
-        WithJsonSchema({"type": "string", "format": "email", "maxLength": EMAIL_MAX_CHARS}),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "format": "email",
+                "maxLength": EMAIL_MAX_CHARS,
+                # email-validator refuses special-use names: they can never receive mail.
+                "not": {"pattern": _SPECIAL_USE_DOMAIN_PATTERN},
+            }
+        ),
     ]
     first_name: Text100 | None = Field(default=None, alias="firstName")
     last_name: Text100 | None = Field(default=None, alias="lastName")

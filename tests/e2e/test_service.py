@@ -316,3 +316,17 @@ def test_hostile_requests_at_the_real_server_get_clear_4xx(service: Service) -> 
         assert requests.post(url, data=raw, headers=headers, timeout=10).status_code == 400
     odd = requests.get(f"{service.base}/io/contacts/jobs/%00%ff", headers=auth, timeout=10)
     assert odd.status_code == 404
+
+
+def test_numbers_beyond_64_bits_round_trip_through_postgresql(service: Service) -> None:
+    _, auth = service.new_user()
+    body = b'{"email": "big@example.com", "customFields": {"n": 123456789012345678901234567890}}'
+    accepted = requests.post(
+        f"{service.base}/io/contacts/contacts",
+        data=body,
+        headers={**auth, "Content-Type": "application/json"},
+        timeout=10,
+    )
+    final = service.wait_final(auth, accepted.json()["data"]["job_id"])
+    assert final["status"] == "succeeded"
+    assert final["result"]["data"]["custom_fields"]["n"] > 10**29
