@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import falcon
+import kombu.exceptions
 import orjson
 import redis
 from falcon.media import JSONHandler
@@ -96,6 +97,8 @@ def create_app(
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(_serialize_error)
     app.add_error_handler(redis.RedisError, _unavailable)
+    # What Celery raises when its broker connection fails while publishing.
+    app.add_error_handler(kombu.exceptions.OperationalError, _unavailable)
     app.add_error_handler(SQLAlchemyError, _unavailable)
 
     app.add_route("/io/contacts/contacts", ContactsResource(settings, deps.board, deps.publish))

@@ -9,12 +9,7 @@ from typing import Any
 import falcon
 import orjson
 
-from contacts_ingest.contact import (
-    BODY_NOT_OBJECT_MESSAGE,
-    ContactInvalid,
-    FieldError,
-    parse_contact,
-)
+from contacts_ingest.contact import ContactInvalid, FieldError, parse_contact
 from contacts_ingest.jobs import ContactJob, JobBoard, JobPublisher, Operation, new_job_id
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import FinalJobReader, job_status
@@ -57,12 +52,9 @@ def _read_json_body(req: falcon.Request) -> object:
     if len(raw) > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description="Request body must be 64 KiB or smaller")
     try:
-        body = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidRequest("Request body must be valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest(BODY_NOT_OBJECT_MESSAGE)
-    return body
 
 
 class ContactsResource:

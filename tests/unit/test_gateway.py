@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import fakeredis
+import kombu.exceptions
 import pytest
 import redis
 
@@ -224,9 +226,12 @@ def test_redis_down_is_503_never_202(gw: Harness) -> None:
     assert gw.published == []
 
 
-def test_a_failed_publish_is_503_and_leaves_no_queued_record() -> None:
+@pytest.mark.parametrize(
+    "failure", [redis.ConnectionError("broker gone"), kombu.exceptions.OperationalError("gone")]
+)
+def test_a_failed_publish_is_503_and_leaves_no_queued_record(failure: Exception) -> None:
     def broken(job: ContactJob) -> None:
-        raise redis.ConnectionError("broker gone")
+        raise failure
 
     gw = make_harness(publish=broken)
     result = gw.post({"email": "bob@example.com"})
@@ -271,3 +276,20 @@ def test_falcon_errors_read_as_plain_sentences(gw: Harness) -> None:
     result = gw.client.simulate_put("/io/contacts/contacts", json={}, headers=ALICE)
     assert result.status_code == 405
     assert result.json == {"error": "Method Not Allowed"}
+
+
+REFUSED_WRITES: list[dict[str, Any]] = [
+    {"json": {"email": "nope"}},
+    {"body": b"{", "headers": {**ALICE, **JSON}},
+    {"body": b"{}", "headers": {**ALICE, "Content-Type": "text/plain"}},
+]
+
+
+@pytest.mark.parametrize("request_kw", REFUSED_WRITES)
+def test_refused_writes_still_carry_the_rate_limit_headers(
+    gw: Harness, request_kw: dict[str, Any]
+) -> None:
+    result = gw.client.simulate_post("/io/contacts/contacts", **{"headers": ALICE, **request_kw})
+    assert 400 <= result.status_code < 500
+    assert result.headers["RateLimit-Policy"] == '"writes";q=200;w=60'
+    assert result.headers["RateLimit"].startswith('"writes";r=199;')
