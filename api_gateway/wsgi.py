@@ -10,10 +10,11 @@ import redis
 
 from api_gateway.app import GatewayDeps, create_app
 from contacts_ingest.database import make_engine
+from contacts_ingest.jobs import JobBoard
 from contacts_ingest.keys import KeyResolver
 from contacts_ingest.logs import configure_logging
 from contacts_ingest.migrate import head_revision, require_current_schema
-from contacts_ingest.producer import CeleryPublisher, job_board, producer_celery
+from contacts_ingest.producer import CeleryPublisher, producer_celery
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import read_final_job
 
@@ -25,7 +26,7 @@ def build_app(settings: Settings | None = None) -> falcon.App[falcon.Request, fa
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
     )
     engine = make_engine(settings.database_url, read_only=True)
-    board = job_board(client, settings)
+    board = JobBoard.for_settings(client, settings)
 
     head = head_revision()
 

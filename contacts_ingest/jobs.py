@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import redis
 
+from contacts_ingest.settings import Settings
+
 TASK_NAME = "contacts.ingest"
 OPERATIONS = ("create", "upsert")
 MAX_JOB_ID_CHARS = 64
@@ -162,6 +164,14 @@ class JobBoard:
         self._ttl = record_ttl_seconds
         self._admit = client.register_script(_ADMIT_SCRIPT)
         self._start = client.register_script(_START_SCRIPT)
+
+    @classmethod
+    def for_settings(cls, client: redis.Redis, settings: Settings) -> JobBoard:
+        return cls(
+            client,
+            key_prefix=settings.redis_key_prefix,
+            record_ttl_seconds=settings.job_record_ttl_seconds,
+        )
 
     def record_key(self, job_id: str) -> str:
         return f"{self._prefix}job:{job_id}"

@@ -55,20 +55,14 @@ class CeleryPublisher:
         )
 
 
-def job_board(client: redis.Redis, settings: Settings) -> JobBoard:
-    return JobBoard(
-        client,
-        key_prefix=settings.redis_key_prefix,
-        record_ttl_seconds=settings.job_record_ttl_seconds,
-    )
-
-
 class ContactProducer:
     """Enqueues contact jobs from Python; their status is polled like any other job's."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self._settings = settings or Settings()
-        self._board = job_board(redis.Redis.from_url(self._settings.redis_url), self._settings)
+        self._board = JobBoard.for_settings(
+            redis.Redis.from_url(self._settings.redis_url), self._settings
+        )
         self._publish = CeleryPublisher(
             producer_celery(self._settings), self._settings.celery_queue
         )

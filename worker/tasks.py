@@ -10,8 +10,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from contacts_ingest.database import make_engine
 from contacts_ingest.ingest import ContactIngestor
-from contacts_ingest.jobs import TASK_NAME
-from contacts_ingest.producer import job_board
+from contacts_ingest.jobs import TASK_NAME, JobBoard
 from contacts_ingest.settings import Settings
 from worker.app import app
 
@@ -26,7 +25,9 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError, redis.ConnectionError, red
 def ingestor() -> ContactIngestor:
     """One ingestor per worker process, built lazily so no connection crosses a fork."""
     client = redis.Redis.from_url(_settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-    return ContactIngestor(make_engine(_settings.database_url), job_board(client, _settings))
+    return ContactIngestor(
+        make_engine(_settings.database_url), JobBoard.for_settings(client, _settings)
+    )
 
 
 @app.task(

@@ -21,7 +21,7 @@ import redis
 from sqlalchemy import Engine, func, select, text
 
 from contacts_ingest.jobs import JobBoard
-from contacts_ingest.producer import ContactProducer, job_board
+from contacts_ingest.producer import ContactProducer
 from contacts_ingest.schema import contact_jobs, contacts
 from contacts_ingest.settings import Settings
 from tests.conftest import unique
@@ -109,7 +109,7 @@ def kill_setup(
     queue = unique("contacts-kill")
     env = service_env(settings, CELERY_QUEUE=queue, CELERY_VISIBILITY_TIMEOUT="3")
     producer = ContactProducer(settings.model_copy(update={"celery_queue": queue}))
-    return queue, env, producer, job_board(redis_client, settings)
+    return queue, env, producer, JobBoard.for_settings(redis_client, settings)
 
 
 def test_jobs_of_a_sigkilled_worker_are_redelivered_and_applied_once(

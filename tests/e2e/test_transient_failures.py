@@ -10,7 +10,7 @@ import redis
 from sqlalchemy import Engine, select
 
 from contacts_ingest.jobs import JobBoard
-from contacts_ingest.producer import ContactProducer, job_board
+from contacts_ingest.producer import ContactProducer
 from contacts_ingest.schema import contact_jobs
 from contacts_ingest.settings import Settings
 from tests.conftest import unique
@@ -26,7 +26,7 @@ def test_a_job_retries_while_postgresql_is_unreachable_then_succeeds(
     retry = {"RETRY_BACKOFF_SECONDS": "1", "RETRY_BACKOFF_MAX_SECONDS": "1"}
     nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/contacts"
     producer = ContactProducer(settings.model_copy(update={"celery_queue": queue}))
-    board: JobBoard = job_board(redis_client, settings)
+    board: JobBoard = JobBoard.for_settings(redis_client, settings)
     user = unique("user")
     job_id = producer.enqueue(user, {"email": "later@example.com"})
 

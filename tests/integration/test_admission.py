@@ -9,7 +9,6 @@ import pytest
 import redis
 
 from contacts_ingest.jobs import Admission, JobBoard, new_job_id
-from contacts_ingest.producer import job_board
 from contacts_ingest.settings import Settings
 from tests.conftest import unique
 
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def board(redis_client: redis.Redis, settings: Settings) -> JobBoard:
-    return job_board(redis_client, settings)
+    return JobBoard.for_settings(redis_client, settings)
 
 
 def admit(board: JobBoard, user: str, limit: tuple[int, int] = (200, 60)) -> Admission:
@@ -60,7 +59,7 @@ def test_the_window_rolls(board: JobBoard) -> None:
 def test_racing_threads_never_get_more_than_the_limit(settings: Settings) -> None:
     user = unique("user")
     pool = redis.ConnectionPool.from_url(settings.redis_url, max_connections=60)
-    board = job_board(redis.Redis(connection_pool=pool), settings)
+    board = JobBoard.for_settings(redis.Redis(connection_pool=pool), settings)
     for _ in range(190):
         admit(board, user)
     allowed: list[bool] = []

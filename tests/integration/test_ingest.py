@@ -12,7 +12,6 @@ from sqlalchemy import Engine, func, select
 
 from contacts_ingest.ingest import ContactIngestor, Outcome
 from contacts_ingest.jobs import ContactJob, JobBoard, Operation, new_job_id
-from contacts_ingest.producer import job_board
 from contacts_ingest.schema import contact_jobs, contacts
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import job_status, read_final_job
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def board(redis_client: redis.Redis, settings: Settings) -> JobBoard:
-    return job_board(redis_client, settings)
+    return JobBoard.for_settings(redis_client, settings)
 
 
 @pytest.fixture
