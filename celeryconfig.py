@@ -29,6 +29,8 @@ def from_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
+# kombu's Redis transport, except that a consumer cannot lose the message it is handed.
+broker_transport = "contacts_ingest.transport:Transport"
 broker_connection_retry_on_startup = True
 task_serializer = "json"
 accept_content = ["json"]

@@ -174,3 +174,30 @@ def test_a_job_whose_pool_process_is_sigkilled_is_retried_and_applied_once(
     finally:
         worker.stop()
     assert_applied_once(engine, user, [job_id])
+
+
+def test_a_worker_killed_while_draining_a_busy_queue_loses_nothing(
+    settings: Settings,
+    engine: Engine,
+    log_dir: Path,
+    kill_setup: tuple[str, dict[str, str], ContactProducer, JobBoard],
+) -> None:
+    # Killed mid-stream, the worker holds prefetched messages and very likely one it
+    # is being handed by Redis at that instant: stock kombu loses that one.
+    _, env, producer, _ = kill_setup
+    user = unique("user")
+    job_ids = [producer.enqueue(user, {"email": f"b{i}@example.com"}) for i in range(300)]
+    doomed = start_worker(env, log_dir, name="busy-doomed-worker")
+    wait_until(lambda: finished(engine, job_ids) >= 40, "the worker never got going")
+    for process in family(doomed):
+        process.send_signal(signal.SIGKILL)
+    doomed.popen.wait()
+    assert finished(engine, job_ids) < len(job_ids)
+
+    time.sleep(3.2)  # past the visibility timeout
+    rescue = start_worker(env, log_dir, name="busy-rescue-worker")
+    try:
+        wait_until(lambda: finished(engine, job_ids) == len(job_ids), "jobs were lost", 90)
+    finally:
+        rescue.stop()
+    assert_applied_once(engine, user, job_ids)

@@ -1,0 +1,134 @@
+"""kombu's Redis transport, with consumers that cannot lose the message they are handed.
+
+Stock kombu takes a message with BRPOP and only afterwards records it as
+unacknowledged: a consumer killed in between loses the message for good. Here a
+consumer of a single queue takes it with BLMOVE into an inbox list of its own, in
+the same step Redis removes it from the queue, and clears the inbox once kombu
+has recorded the message as unacknowledged. Inboxes of consumers that stopped
+refreshing their heartbeat for a visibility timeout are moved back onto their
+queue by any live consumer.
+
+A message can therefore come back twice (from the inbox and from the unacked
+record); contact jobs are idempotent by job id, so that costs only a no-op delivery.
+
+Celery selects it with ``broker_transport`` (see celeryconfig.py).
+"""
+
+from __future__ import annotations
+
+import secrets
+from time import monotonic
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import Empty
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+
+class QoS(kombu_redis.QoS):
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> Any:
+        channel = self.channel
+        if isinstance(channel, Channel):
+            channel.inbox_heartbeat()
+            channel.reclaim_dead_inboxes()
+        return super().restore_visible(start=start, num=num, interval=interval)
+
+
+class Channel(kombu_redis.Channel):
+    QoS = QoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._inbox_id = secrets.token_hex(8)
+        self._inbox_queue: str | None = None
+
+    # Keys are prefixed here, by hand, and written through a client that adds no prefix.
+    def _key(self, name: str) -> str:
+        return f"{self.global_keyprefix or ''}{name}"
+
+    def _plain_client(self) -> redis.Redis:
+        return redis.Redis(connection_pool=self.client.connection_pool)
+
+    def _inbox_key(self, inbox_id: str, queue: str) -> str:
+        return self._key(f"inbox{self.sep}{queue}{self.sep}{inbox_id}")
+
+    def inbox_heartbeat(self) -> None:
+        """Tell other consumers this one is alive (called from kombu's periodic sweep)."""
+        if self._inbox_queue is None:
+            return
+        client = self._plain_client()
+        # Silent for a visibility timeout, a consumer counts as dead, like its unacked messages.
+        alive_for = max(2, int(self.visibility_timeout))
+        client.set(self._key(f"inbox-alive{self.sep}{self._inbox_id}"), 1, ex=alive_for)
+        client.sadd(self._key("inboxes"), f"{self._inbox_queue}{self.sep}{self._inbox_id}")
+
+    def reclaim_dead_inboxes(self) -> None:
+        """Put the messages of consumers whose heartbeat lapsed back on their queues."""
+        client = self._plain_client()
+        for entry in client.smembers(self._key("inboxes")):
+            queue, _, inbox_id = bytes_to_str(entry).rpartition(self.sep)
+            if inbox_id == self._inbox_id or client.exists(
+                self._key(f"inbox-alive{self.sep}{inbox_id}")
+            ):
+                continue
+            inbox = self._inbox_key(inbox_id, queue)
+            # Oldest first back to the consuming end, one atomic move at a time.
+            while client.lmove(inbox, self._key(queue), "RIGHT", "RIGHT") is not None:
+                pass
+            client.srem(self._key("inboxes"), entry)
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        # Several queues need BRPOP's many keys: keep kombu's way there. (Jobs are
+        # published without priority, so only the queue's base list is ever filled.)
+        if len(self.active_queues) != 1:
+            self._inbox_queue = None
+            return super()._brpop_start(timeout)  # type: ignore[no-any-return]
+        queues = self._queue_cycle.consume(1)
+        if not queues:
+            return None
+        queue = queues[0]
+        if self._inbox_queue != queue:
+            self._inbox_queue = queue
+            self.inbox_heartbeat()
+        if timeout is None:
+            timeout = self.brpop_timeout
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]
+        self.client.connection.send_command(
+            "BLMOVE",
+            self._key(queue),
+            self._inbox_key(self._inbox_id, queue),
+            "RIGHT",
+            "LEFT",
+            timeout or 0,
+        )
+        return None
+
+    def _brpop_read(self, **options: Any) -> Any:
+        queue = self._inbox_queue
+        if queue is None:
+            return super()._brpop_read(**options)
+        try:
+            try:
+                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if item is None:
+                raise Empty()
+            self._queue_cycle.rotate(queue)
+            self.connection._deliver(loads(bytes_to_str(item)), queue)
+            # kombu has now recorded the message as unacknowledged: the inbox may let go.
+            self._plain_client().lrem(self._inbox_key(self._inbox_id, queue), 1, item)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
