@@ -33,6 +33,13 @@ CONTACT_FIELDS = [
 ]
 
 
+# The request body's fields, in the API reference's order.
+REQUEST_FIELDS = [
+    *("email", "firstName", "lastName", "phone", "company", "jobTitle"),
+    *("socialProfiles", "status", "customFields", "source", "workspaceId"),
+]
+
+
 def unique(prefix: str) -> str:
     """A fresh id for one test's own data."""
     return f"{prefix}-{secrets.token_hex(6)}"

@@ -15,20 +15,8 @@ from contacts_ingest.contact import (
     custom_fields_problem,
     parse_contact,
 )
+from tests.conftest import REQUEST_FIELDS
 
-FIELDS = [
-    "email",
-    "firstName",
-    "lastName",
-    "phone",
-    "company",
-    "jobTitle",
-    "socialProfiles",
-    "status",
-    "customFields",
-    "source",
-    "workspaceId",
-]
 NETWORKS = ["linkedin", "twitter", "instagram", "telegram", "whatsapp", "reddit", "youtube"]
 TEXT = "(firstName|lastName|phone|company|jobTitle|source|socialProfiles\\.[a-z]+)"
 DOCUMENTED = [
@@ -69,7 +57,7 @@ field_values = (
     | st.dictionaries(st.sampled_from([*NETWORKS, "myspace"]), st.none() | st.text(max_size=520))
     | st.uuids().map(str)
 )
-bodies = st.dictionaries(st.sampled_from(FIELDS), field_values) | json_values
+bodies = st.dictionaries(st.sampled_from(REQUEST_FIELDS), field_values) | json_values
 
 
 def check(body: Any) -> None:
@@ -98,7 +86,7 @@ def test_any_body_is_accepted_or_answered_with_documented_messages(body: Any) ->
 
 @settings(max_examples=200)
 @given(
-    st.dictionaries(st.sampled_from(FIELDS), json_values).map(
+    st.dictionaries(st.sampled_from(REQUEST_FIELDS), json_values).map(
         lambda b: {"email": "a@example.com", **b}
     )
 )
