@@ -96,12 +96,12 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     type=click.IntRange(min=1),
     help="Worker processes.",
 )
-@click.option("--loglevel", default="INFO", show_default=True)
-def worker(concurrency: int, loglevel: str) -> None:
-    """Run a Celery worker consuming contact jobs."""
+def worker(concurrency: int) -> None:
+    """Run a Celery worker consuming contact jobs (log level: LOG_LEVEL)."""
     from worker.app import app
 
     settings = _settings()
+    loglevel = settings.log_level
     app.worker_main(
         [
             "worker",
