@@ -104,6 +104,7 @@ def run_dev(data_dir_name: str, port: int) -> None:
     data_dir = Path(data_dir_name)
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    env.setdefault("LOG_FORMAT", "text")  # a person reads these logs, not a collector
     children: list[subprocess.Popen[bytes]] = []
 
     def stop(*_: object) -> None:
