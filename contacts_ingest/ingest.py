@@ -100,14 +100,46 @@ def _failure(code: int, message: str, errors: list[FieldError] | None) -> dict[s
     return error
 
 
-def _merge(stored: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(stored)
-    for key, value in changes.items():
-        if value is None:
-            merged.pop(key, None)
+_KEYED_FIELDS = ("social_profiles", "custom_fields")
+
+
+def _versions_of(changes: dict[str, Any], accepted_at_us: int) -> dict[str, int]:
+    """Which fields (and keys of the keyed fields) a job sets, stamped with its order."""
+    versions: dict[str, int] = {}
+    for field, value in changes.items():
+        if field in _KEYED_FIELDS:
+            versions.update({f"{field}.{key}": accepted_at_us for key in value})
         else:
-            merged[key] = value
-    return merged
+            versions[field] = accepted_at_us
+    return versions
+
+
+def _newer_changes(
+    current: RowMapping, changes: dict[str, Any], accepted_at_us: int
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """The part of an upsert that no later-accepted job has already overwritten.
+
+    Returns the column values to write (keyed fields merged key by key, a null
+    value removing its key) and the field versions to store with them.
+    """
+    versions: dict[str, int] = dict(current["field_versions"])
+    values: dict[str, Any] = {}
+    for field, value in changes.items():
+        if field in _KEYED_FIELDS:
+            merged = dict(current[field])
+            for key, item in value.items():
+                if versions.get(f"{field}.{key}", 0) < accepted_at_us:
+                    versions[f"{field}.{key}"] = accepted_at_us
+                    if item is None:
+                        merged.pop(key, None)
+                    else:
+                        merged[key] = item
+            if merged != current[field]:
+                values[field] = merged
+        elif versions.get(field, 0) < accepted_at_us:
+            versions[field] = accepted_at_us
+            values[field] = value
+    return values, versions
 
 
 def _without_nulls(values: dict[str, Any]) -> dict[str, Any]:
@@ -182,9 +214,9 @@ class ContactIngestor:
             if isinstance(request, ContactInvalid):
                 raise _Rejected(400, request.message, request.errors)
             if job.operation == "create":
-                row, code = self._create(conn, job.user_id, request), 201
+                row, code = self._create(conn, job, request), 201
             else:
-                row, code = self._upsert(conn, job.user_id, request)
+                row, code = self._upsert(conn, job, request)
             status, contact_id = "succeeded", row["id"]
             result = {"code": code, "data": contact_document(row)}
         except _Rejected as rejected:
@@ -209,44 +241,47 @@ class ContactIngestor:
         )
         return Outcome(job.job_id, status, code, result, error)
 
-    def _create(self, conn: Connection, user_id: str, request: ContactRequest) -> RowMapping:
-        row = conn.execute(self._insert_statement(user_id, request)).mappings().first()
+    def _create(self, conn: Connection, job: ContactJob, request: ContactRequest) -> RowMapping:
+        row = conn.execute(self._insert_statement(job, request)).mappings().first()
         if row is None:
             raise _Rejected(409, DUPLICATE_MESSAGE)
         return row
 
     def _upsert(
-        self, conn: Connection, user_id: str, request: ContactRequest
+        self, conn: Connection, job: ContactJob, request: ContactRequest
     ) -> tuple[RowMapping, int]:
         locate = (
             select(contacts)
-            .where(contacts.c.user_id == user_id, contacts.c.email_key == request.email_key)
+            .where(contacts.c.user_id == job.user_id, contacts.c.email_key == request.email_key)
             .with_for_update()
         )
         current = conn.execute(locate).mappings().first()
         if current is None:
-            created = conn.execute(self._insert_statement(user_id, request)).mappings().first()
+            created = conn.execute(self._insert_statement(job, request)).mappings().first()
             if created is not None:
                 return created, 201
             # Another transaction created it between our look and our insert.
             current = conn.execute(locate).mappings().one()
 
-        changes = request.changes()
-        if "social_profiles" in changes:
-            changes["social_profiles"] = _merge(
-                current["social_profiles"], changes["social_profiles"]
-            )
-        if "custom_fields" in changes:
-            merged = _merge(current["custom_fields"], changes["custom_fields"])
-            problem = custom_fields_problem(merged)
+        # Deliveries can arrive out of order (a redelivery after a newer job): a field
+        # changes only if no job accepted later has set it already.
+        values, versions = _newer_changes(current, request.changes(), job.accepted_at_us)
+        if "custom_fields" in values:
+            problem = custom_fields_problem(values["custom_fields"])
             if problem:
                 raise _Rejected(400, problem, [FieldError("customFields", problem)])
-            changes["custom_fields"] = merged
+        if not values and versions == current["field_versions"]:
+            return current, 200  # entirely superseded by newer jobs: nothing to write
         row = (
             conn.execute(
                 update(contacts)
                 .where(contacts.c.id == current["id"])
-                .values(**changes, version=contacts.c.version + 1, updated_at=func.now())
+                .values(
+                    **values,
+                    field_versions=versions,
+                    version=contacts.c.version + 1,
+                    updated_at=func.now(),
+                )
                 .returning(*contacts.c)
             )
             .mappings()
@@ -255,8 +290,9 @@ class ContactIngestor:
         return row, 200
 
     @staticmethod
-    def _insert_statement(user_id: str, request: ContactRequest) -> Any:
-        values = request.changes()
+    def _insert_statement(job: ContactJob, request: ContactRequest) -> Any:
+        changes = request.changes()
+        values = dict(changes)
         values["social_profiles"] = _without_nulls(values.get("social_profiles", {}))
         values["custom_fields"] = _without_nulls(values.get("custom_fields", {}))
         values.setdefault("status", request.status)
@@ -264,7 +300,8 @@ class ContactIngestor:
             pg_insert(contacts)
             .values(
                 id=new_contact_id(),
-                user_id=user_id,
+                user_id=job.user_id,
+                field_versions=_versions_of(changes, job.accepted_at_us),
                 email_key=request.email_key,
                 created_at=func.now(),
                 updated_at=func.now(),

@@ -38,6 +38,9 @@ contacts = Table(
     Column("lead_score", Integer, nullable=False, server_default="0"),
     # Incremented by every write: an audit can prove no job was applied twice.
     Column("version", Integer, nullable=False, server_default="1"),
+    # Field (or "social_profiles.<key>", "custom_fields.<key>") -> acceptance time, in
+    # microseconds of Redis's clock, of the job that last set it.
+    Column("field_versions", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     CheckConstraint(

@@ -43,6 +43,13 @@ def admitted(board: JobBoard, user: str, body: Any, *, upsert: bool = False) -> 
     return ContactJob(job_id, user, operation, body, admission.accepted_at_us).to_message()
 
 
+def upserts_in_acceptance_order(
+    board: JobBoard, user: str, *bodies: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Upsert messages accepted one after another, in the order given."""
+    return [admitted(board, user, body, upsert=True) for body in bodies]
+
+
 def run(ingestor: ContactIngestor, message: dict[str, Any]) -> Outcome:
     outcome = ingestor.process(message)
     assert outcome is not None
@@ -389,3 +396,82 @@ def test_a_message_naming_no_job_is_dropped_without_a_row(
     with engine.connect() as conn:
         after = conn.execute(select(func.count()).select_from(contact_jobs)).scalar_one()
     assert after == before
+
+
+def test_an_older_upsert_delivered_late_does_not_undo_newer_fields(
+    ingestor: ContactIngestor, board: JobBoard, user: str
+) -> None:
+    run(ingestor, admitted(board, user, {"email": "o@example.com", "firstName": "Ann"}))
+    older, newer = upserts_in_acceptance_order(
+        board,
+        user,
+        {"email": "o@example.com", "company": "Old", "phone": "123", "firstName": "Old Ann"},
+        {"email": "O@example.com", "company": "New"},
+    )
+    run(ingestor, newer)
+    late = run(ingestor, older)  # redelivered after the newer job committed
+    assert (late.status, late.code) == ("succeeded", 200)
+    assert late.result is not None
+    data = late.result["data"]
+    assert data["company"] == "New"  # the newer value stays
+    assert data["phone"] == "123"  # what no newer job touched still applies
+    assert data["first_name"] == "Old Ann"  # accepted after the creating job
+    assert data["email"] == "O@example.com"
+
+
+def test_late_keyed_changes_yield_to_newer_ones_key_by_key(
+    ingestor: ContactIngestor, board: JobBoard, user: str
+) -> None:
+    older, newer = upserts_in_acceptance_order(
+        board,
+        user,
+        {
+            "email": "k@example.com",
+            "customFields": {"plan": "free", "seats": 1},
+            "socialProfiles": {"twitter": None, "reddit": "old"},
+        },
+        {
+            "email": "k@example.com",
+            "customFields": {"plan": "pro"},
+            "socialProfiles": {"twitter": "@new"},
+        },
+    )
+    run(ingestor, newer)
+    late = run(ingestor, older)
+    assert late.result is not None
+    data = late.result["data"]
+    assert data["custom_fields"] == {"plan": "pro", "seats": 1}
+    assert data["social_profiles"] == {"twitter": "@new", "reddit": "old"}
+
+
+def test_an_entirely_superseded_upsert_writes_nothing(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    older, newer = upserts_in_acceptance_order(
+        board,
+        user,
+        {"email": "s2@example.com", "company": "Old"},
+        {"email": "s2@example.com", "company": "New"},
+    )
+    run(ingestor, newer)
+    late = run(ingestor, older)
+    assert late.result is not None
+    assert late.result["data"]["company"] == "New"
+    [row] = stored(engine, user)
+    assert row["version"] == 1
+
+
+def test_fields_a_creating_job_left_unset_take_a_late_older_value(
+    ingestor: ContactIngestor, board: JobBoard, user: str
+) -> None:
+    older, newer = upserts_in_acceptance_order(
+        board,
+        user,
+        {"email": "c2@example.com", "status": "unsubscribed", "source": "import"},
+        {"email": "c2@example.com", "source": "signup"},
+    )
+    assert run(ingestor, newer).code == 201
+    late = run(ingestor, older)
+    assert late.result is not None
+    assert late.result["data"]["status"] == "unsubscribed"
+    assert late.result["data"]["source"] == "signup"
