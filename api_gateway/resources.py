@@ -113,7 +113,7 @@ class ContactsResource:
         try:
             self._publish(job)
         except Exception:
-            self._board.withdraw(job_id)
+            self._board.forget(job_id)
             raise
         log.info(
             "job accepted",

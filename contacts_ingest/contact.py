@@ -26,7 +26,6 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 STATUSES = ("subscribed", "unsubscribed", "bounced", "complained")
-SOCIAL_NETWORKS = ("linkedin", "twitter", "instagram", "telegram", "whatsapp", "reddit", "youtube")
 EMAIL_MAX_CHARS = 254
 CUSTOM_FIELDS_MAX_KEYS = 20
 CUSTOM_FIELDS_MAX_BYTES = 8192
@@ -44,22 +43,6 @@ CUSTOM_FIELDS_DEPTH_MESSAGE = (
     f"customFields must not nest more than {CUSTOM_FIELDS_MAX_DEPTH} levels deep"
 )
 WORKSPACE_MESSAGE = "workspaceId must be a UUID"
-
-# The request's camelCase names against the stored snake_case names.
-COLUMN_OF = {
-    "email": "email",
-    "firstName": "first_name",
-    "lastName": "last_name",
-    "phone": "phone",
-    "company": "company",
-    "jobTitle": "job_title",
-    "socialProfiles": "social_profiles",
-    "status": "status",
-    "customFields": "custom_fields",
-    "source": "source",
-    "workspaceId": "workspace_id",
-}
-_FIELD_ORDER = {name: position for position, name in enumerate(COLUMN_OF)}
 
 
 class FieldError(dict[str, str]):
@@ -285,6 +268,13 @@ def _message_for(error: ErrorDetails) -> tuple[str, str]:
         return field, f"{field} must not contain NUL characters"
     # Our own PydanticCustomErrors already carry the final sentence.
     return field, error["msg"]
+
+
+# Errors are listed in the order the reference lists the fields.
+_FIELD_ORDER = {
+    field.alias or name: position
+    for position, (name, field) in enumerate(ContactRequest.model_fields.items())
+}
 
 
 def parse_contact(body: object) -> ContactRequest:

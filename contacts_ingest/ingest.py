@@ -173,7 +173,7 @@ class ContactIngestor:
             request = invalid
         with self._engine.begin() as conn:
             outcome = self._apply_once(conn, job, request, started=started, attempts=attempts)
-        self._board.finish(job.job_id)
+        self._board.forget(job.job_id)
         log.info(
             "job already recorded" if outcome.replayed else "job finished",
             extra={

@@ -214,16 +214,12 @@ class JobBoard:
             accepted_at_us=int(now_us),
         )
 
-    def withdraw(self, job_id: str) -> None:
-        """Forget a job whose message could not be published."""
-        self._redis.delete(self.record_key(job_id))
-
     def start(self, job_id: str) -> int:
         """Mark the job as processing; return the attempt number (0 if it has no record)."""
         return int(self._start(keys=[self.record_key(job_id)]))
 
-    def finish(self, job_id: str) -> None:
-        """Drop the record once the job's final status row has committed."""
+    def forget(self, job_id: str) -> None:
+        """Drop the record: the job's final row has committed, or it was never published."""
         self._redis.delete(self.record_key(job_id))
 
     def pending(self, job_id: str) -> dict[str, str] | None:

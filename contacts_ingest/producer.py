@@ -85,7 +85,7 @@ class ContactProducer:
         try:
             self._publish(job)
         except Exception:
-            self._board.withdraw(job_id)
+            self._board.forget(job_id)
             raise
         return job_id
 

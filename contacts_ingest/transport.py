@@ -43,13 +43,16 @@ class Channel(kombu_redis.Channel):
         super().__init__(*args, **kwargs)
         self._inbox_id = secrets.token_hex(8)
         self._inbox_queue: str | None = None
+        self._unprefixed: redis.Redis | None = None
 
     # Keys are prefixed here, by hand, and written through a client that adds no prefix.
     def _key(self, name: str) -> str:
         return f"{self.global_keyprefix or ''}{name}"
 
     def _plain_client(self) -> redis.Redis:
-        return redis.Redis(connection_pool=self.client.connection_pool)
+        if self._unprefixed is None:  # built once: it is used for every message taken
+            self._unprefixed = redis.Redis(connection_pool=self.client.connection_pool)
+        return self._unprefixed
 
     def _inbox_key(self, inbox_id: str, queue: str) -> str:
         return self._key(f"inbox{self.sep}{queue}{self.sep}{inbox_id}")
