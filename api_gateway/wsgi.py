@@ -5,10 +5,13 @@ Served by ``contacts-ingest serve`` (granian); any WSGI server can load ``api_ga
 
 from __future__ import annotations
 
-import falcon
+from typing import TYPE_CHECKING
+
 import redis
 
 from api_gateway.app import GatewayDeps, create_app
+from api_gateway.buffering import BufferedBodies
+from api_gateway.resources import MAX_BODY_BYTES
 from contacts_ingest.database import make_engine
 from contacts_ingest.jobs import JobBoard
 from contacts_ingest.keys import KeyResolver
@@ -18,8 +21,11 @@ from contacts_ingest.producer import CeleryPublisher, producer_celery
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import read_final_job
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
-def build_app(settings: Settings | None = None) -> falcon.App[falcon.Request, falcon.Response]:
+
+def build_app(settings: Settings | None = None) -> WSGIApplication:
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
     client = redis.Redis.from_url(
@@ -41,7 +47,11 @@ def build_app(settings: Settings | None = None) -> falcon.App[falcon.Request, fa
         final_job=lambda job_id: read_final_job(engine, job_id),
         readiness={"redis": client.ping, "postgres": postgres_ready},
     )
-    return create_app(settings, deps)
+    return BufferedBodies(
+        create_app(settings, deps),
+        max_body=MAX_BODY_BYTES,
+        active=settings.gateway_active_requests,
+    )
 
 
 app = build_app()

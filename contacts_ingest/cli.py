@@ -61,17 +61,26 @@ def migrate() -> None:
 )
 @click.option(
     "--threads",
-    default=min(8, 2 * (os.cpu_count() or 1) + 1),
-    show_default="2 x cores + 1, at most 8",
+    default=128,
+    show_default=True,
     type=click.IntRange(min=1),
-    help="Request threads per process.",
+    help="Connections a process reads requests from at once (slow clients each hold one).",
 )
-def serve(host: str, port: int, workers: int, threads: int) -> None:
+@click.option(
+    "--active",
+    default=None,
+    type=click.IntRange(min=1),
+    show_default="GATEWAY_ACTIVE_REQUESTS, default number of cores",
+    help="Requests a process works on at once, once their bodies are read.",
+)
+def serve(host: str, port: int, workers: int, threads: int, active: int | None) -> None:
     """Serve the HTTP gateway under granian (a production WSGI server)."""
     from granian import Granian
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
 
+    if active is not None:
+        os.environ["GATEWAY_ACTIVE_REQUESTS"] = str(active)  # read by each gateway process
     _settings()  # fail here, not in every gateway process, if the configuration is wrong
     Granian(
         "api_gateway.wsgi:app",
@@ -80,7 +89,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         interface=Interfaces.WSGI,
         workers=workers,
         blocking_threads=threads,
-        # Requests beyond the threads wait in granian's I/O loop, not in Python.
+        # Connections beyond the threads wait in granian's I/O loop, not in Python.
         backpressure=threads,
         respawn_failed_workers=True,
         # Caps the request head (line and headers) at 64 KiB; bodies are capped by the app.

@@ -5,6 +5,7 @@ Every default here is written in the README's configuration table.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from typing import Literal
 
@@ -46,6 +47,8 @@ class Settings(BaseSettings):
     # Base and cap, in seconds, of the exponential backoff for transient database errors.
     retry_backoff_seconds: int = Field(default=1, ge=1)
     retry_backoff_max_seconds: int = Field(default=60, ge=1)
+    # Requests a gateway process works on at once, once their bodies are read.
+    gateway_active_requests: int = Field(default=os.cpu_count() or 1, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # json (one object per line) or text.
     log_format: Literal["json", "text"] = "json"
