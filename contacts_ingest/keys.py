@@ -9,8 +9,9 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 from sqlalchemy import Engine, func, insert, or_, select, update
+from sqlalchemy.exc import OperationalError
 
 from contacts_ingest.jobs import MAX_USER_ID_CHARS
 from contacts_ingest.schema import api_keys
@@ -71,6 +72,9 @@ class KeyResolver:
     """Maps a presented key to its user, caching answers for ``ttl`` seconds.
 
     A revoked key stops working within ``ttl`` seconds in every gateway process.
+    While PostgreSQL is unreachable, a key keeps the last answer PostgreSQL gave for
+    it, so clients whose keys this process has seen keep being served: nobody can
+    revoke a key while PostgreSQL is down, so that answer is still the newest one.
     """
 
     def __init__(self, engine: Engine, *, ttl: float, max_entries: int = 10_000) -> None:
@@ -78,21 +82,32 @@ class KeyResolver:
         self._cache: TTLCache[str, str | None] | None = (
             TTLCache(maxsize=max_entries, ttl=ttl) if ttl > 0 else None
         )
+        self._last_known: LRUCache[str, str | None] = LRUCache(maxsize=max_entries)
         self._lock = threading.Lock()
 
     def user_for(self, key: str) -> str | None:
-        """The user id owning a live ``key``, or None."""
+        """The user id owning a live ``key``, or None.
+
+        Raises OperationalError only when PostgreSQL is unreachable and this process
+        has never looked the key up before.
+        """
         if not key.startswith(KEY_PREFIX) or len(key) > 200:
             return None
         digest = hash_key(key)
-        if self._cache is not None:
+        with self._lock:
+            if self._cache is not None and digest in self._cache:
+                return self._cache[digest]
+        try:
+            user_id = self._lookup(digest)
+        except OperationalError:
             with self._lock:
-                if digest in self._cache:
-                    return self._cache[digest]
-        user_id = self._lookup(digest)
-        if self._cache is not None:
-            with self._lock:
+                if digest in self._last_known:
+                    return self._last_known[digest]
+            raise
+        with self._lock:
+            if self._cache is not None:
                 self._cache[digest] = user_id
+            self._last_known[digest] = user_id
         return user_id
 
     def _lookup(self, digest: str) -> str | None:

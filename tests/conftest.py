@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -38,6 +39,13 @@ REQUEST_FIELDS = [
     *("email", "firstName", "lastName", "phone", "company", "jobTitle"),
     *("socialProfiles", "status", "customFields", "source", "workspaceId"),
 ]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def unique(prefix: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,10 @@ import pytest
 import requests
 
 from contacts_ingest.settings import Settings
-from tests.conftest import unique
+from tests.conftest import free_port, unique
 
 CLI = str(Path(sys.executable).parent / "contacts-ingest")
 FINAL = ("succeeded", "failed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def service_env(settings: Settings, **overrides: str) -> dict[str, str]:

@@ -15,7 +15,8 @@ import psutil
 import pytest
 import requests
 
-from tests.e2e.conftest import CLI, free_port, wait_final
+from tests.conftest import free_port
+from tests.e2e.conftest import CLI, wait_final
 
 pytestmark = pytest.mark.e2e
 

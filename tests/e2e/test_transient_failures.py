@@ -13,8 +13,8 @@ from contacts_ingest.jobs import JobBoard
 from contacts_ingest.producer import ContactProducer
 from contacts_ingest.schema import contact_jobs
 from contacts_ingest.settings import Settings
-from tests.conftest import unique
-from tests.e2e.conftest import free_port, service_env, start_worker
+from tests.conftest import free_port, unique
+from tests.e2e.conftest import service_env, start_worker
 
 pytestmark = pytest.mark.e2e
 

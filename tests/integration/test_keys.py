@@ -6,7 +6,7 @@ import time
 
 import pytest
 from sqlalchemy import Engine, select, text
-from sqlalchemy.exc import InternalError
+from sqlalchemy.exc import InternalError, OperationalError
 
 from contacts_ingest.database import make_engine
 from contacts_ingest.keys import (
@@ -18,7 +18,7 @@ from contacts_ingest.keys import (
     revoke_key,
 )
 from contacts_ingest.schema import api_keys
-from tests.conftest import unique
+from tests.conftest import free_port, unique
 
 pytestmark = pytest.mark.integration
 
@@ -74,3 +74,22 @@ def test_the_gateways_engine_cannot_write(database_url: str) -> None:
     with read_only.connect() as conn, pytest.raises(InternalError, match="read-only"):
         conn.execute(text("DELETE FROM api_keys"))
     read_only.dispose()
+
+
+def test_known_keys_keep_working_while_postgresql_is_unreachable(engine: Engine) -> None:
+    user = unique("user")
+    _, known = create_key(engine, user)
+    _, revoked = create_key(engine, user)
+    _, never_seen = create_key(engine, user)
+    resolver = KeyResolver(engine, ttl=0)
+    assert resolver.user_for(known) == user
+    revoke_key(engine, revoked)
+    assert resolver.user_for(revoked) is None
+
+    resolver._engine = make_engine(  # the same resolver, its database now gone
+        f"postgresql://postgres@127.0.0.1:{free_port()}/contacts", pool_size=1
+    )
+    assert resolver.user_for(known) == user
+    assert resolver.user_for(revoked) is None
+    with pytest.raises(OperationalError):
+        resolver.user_for(never_seen)
