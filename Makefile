@@ -30,6 +30,10 @@ run: dev ## Same as dev
 test: install ## Run the whole test suite (needs PostgreSQL and Redis, see README)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+.PHONY: faults
+faults: install ## Run only the fault-injection suite (private PostgreSQL and Redis, real processes)
+	$(BIN)/python -m pytest -m faults tests/faults $(PYTEST_ARGS)
+
 .PHONY: unit
 unit: install ## Run the unit tests only (no servers needed)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

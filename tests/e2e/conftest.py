@@ -75,8 +75,10 @@ def start_gateway(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
         time.sleep(0.1)
 
 
-def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker") -> Process:
-    return start(["worker", "--concurrency", "2"], env, log_dir / f"{name}.log")
+def start_worker(
+    env: dict[str, str], log_dir: Path, name: str = "worker", concurrency: int = 2
+) -> Process:
+    return start(["worker", "--concurrency", str(concurrency)], env, log_dir / f"{name}.log")
 
 
 def create_key(env: dict[str, str], user: str) -> str:

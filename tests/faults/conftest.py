@@ -1,0 +1,241 @@
+"""The fault-injection suite: real ``serve`` and ``worker`` processes on private servers.
+
+Every test ends with the same audit (``Scenario.audit``): each accepted job has
+exactly one final status row with the expected outcome, the contacts table holds
+exactly the expected rows, and no contact was written more often than its jobs say
+(``contacts.version`` counts writes). Nothing is left queued, in hand or pending.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+from sqlalchemy import Engine, func, select, text
+
+from contacts_ingest.database import make_engine
+from contacts_ingest.jobs import JobBoard
+from contacts_ingest.migrate import upgrade
+from contacts_ingest.producer import ContactProducer
+from contacts_ingest.schema import contact_jobs, contacts
+from contacts_ingest.settings import Settings
+from tests.conftest import unique
+from tests.e2e.conftest import Process, service_env, start_gateway, start_worker
+from tests.faults.servers import PrivatePostgres, PrivateRedis, temp_root
+
+VISIBILITY_TIMEOUT = 3
+
+
+@dataclass
+class Servers:
+    postgres: PrivatePostgres
+    redis: PrivateRedis
+    settings: Settings
+    engine: Engine
+    log_dir: Path
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    root = temp_root()
+    postgres = PrivatePostgres(root)
+    private_redis = PrivateRedis(root)
+    postgres.start()
+    private_redis.start()
+    try:
+        upgrade(postgres.url)
+        settings = Settings(
+            database_url=postgres.url,
+            redis_url=private_redis.url,
+            redis_key_prefix="faults:",
+            celery_queue="faults",
+        )
+        log_dir = tmp_path_factory.mktemp("fault-logs")  # kept after the run, for diagnosis
+        engine = make_engine(postgres.url, pool_size=2)
+        yield Servers(postgres, private_redis, settings, engine, log_dir)
+        engine.dispose()
+    finally:
+        private_redis.stop()
+        postgres.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def family(process: Process) -> list[psutil.Process]:
+    """A worker and its pool processes."""
+    parent = psutil.Process(process.popen.pid)
+    return [parent, *parent.children(recursive=True)]
+
+
+def sigkill(process: Process) -> None:
+    """SIGKILL the whole worker at once: no warm or cold shutdown, no acks."""
+    for member in family(process):
+        member.send_signal(signal.SIGKILL)
+    process.popen.wait()
+
+
+@dataclass
+class Scenario:
+    """One test's queue, user and processes on the private servers."""
+
+    servers: Servers
+    queue: str
+    user: str
+    env: dict[str, str]
+    producer: ContactProducer
+    board: JobBoard
+    redis: redis.Redis
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def engine(self) -> Engine:
+        return self.servers.engine
+
+    def worker(self, name: str, concurrency: int = 2, **env: str) -> Process:
+        process = start_worker(
+            {**self.env, **env}, self.servers.log_dir, f"{self.queue}-{name}", concurrency
+        )
+        self.processes.append(process)
+        return process
+
+    def gateway(self) -> tuple[Process, str]:
+        process, base = start_gateway(self.env, self.servers.log_dir)
+        self.processes.append(process)
+        return process, base
+
+    def finished(self, job_ids: list[str]) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(contact_jobs)
+                    .where(contact_jobs.c.job_id.in_(job_ids))
+                ).scalar_one()
+            )
+
+    def wait_drained(self, job_ids: list[str], timeout: float = 60) -> None:
+        wait_until(
+            lambda: self.finished(job_ids) == len(job_ids),
+            f"only {self.finished(job_ids)} of {len(job_ids)} jobs finished",
+            timeout,
+        )
+
+    def final_rows(self, job_ids: list[str]) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(contact_jobs).where(contact_jobs.c.job_id.in_(job_ids))
+            ).mappings()
+            return {row["job_id"]: row for row in rows}
+
+    def contacts(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(contacts).where(contacts.c.user_id == self.user)).mappings()
+            return {row["email"]: row for row in rows}
+
+    def in_flight(self) -> int:
+        """Messages of this queue still queued, held in a consumer's inbox, or unacked."""
+        prefix = self.servers.settings.redis_key_prefix
+        unacked = sum(
+            1
+            for entry in self.redis.hvals(f"{prefix}unacked")
+            if json.loads(entry)[2] == self.queue
+        )
+        inboxes = sum(
+            int(self.redis.llen(key))
+            for key in self.redis.scan_iter(match=f"{prefix}inbox*{self.queue}*")
+        )
+        return int(self.redis.llen(f"{prefix}{self.queue}")) + unacked + inboxes
+
+    def audit(
+        self,
+        codes: dict[str, int],
+        versions: dict[str, int],
+    ) -> None:
+        """``codes``: job id -> the final code it must have; ``versions``: email -> how
+        many writes that contact must have seen. Nothing else may exist."""
+        rows = self.final_rows(list(codes))
+        assert {job_id: row["code"] for job_id, row in rows.items()} == codes
+        for row in rows.values():
+            assert row["status"] == ("succeeded" if row["code"] < 400 else "failed"), dict(row)
+        stored = self.contacts()
+        assert {email: row["version"] for email, row in stored.items()} == versions
+        wait_until(lambda: self.in_flight() == 0, "messages still in flight after the drain")
+        assert [job_id for job_id in codes if self.board.pending(job_id)] == []
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.popen.poll() is None:
+                process.popen.kill()
+                process.popen.wait()
+
+
+@pytest.fixture
+def scenario(servers: Servers) -> Iterator[Scenario]:
+    queue = unique("faults")
+    env = service_env(
+        servers.settings,
+        CELERY_QUEUE=queue,
+        CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
+        RETRY_BACKOFF_SECONDS="1",
+        RETRY_BACKOFF_MAX_SECONDS="1",
+    )
+    client = redis.Redis.from_url(servers.settings.redis_url)
+    settings = servers.settings.model_copy(update={"celery_queue": queue})
+    run = Scenario(
+        servers=servers,
+        queue=queue,
+        user=unique("user"),
+        env=env,
+        producer=ContactProducer(settings),
+        board=JobBoard.for_settings(client, settings),
+        redis=client,
+    )
+    yield run
+    run.stop_all()
+
+
+@contextmanager
+def jobs_held(engine: Engine, job_ids: list[str]) -> Iterator[None]:
+    """Make workers wait inside their transaction on these jobs until the block exits.
+
+    The service takes the same per-job advisory lock, so a test decides exactly which
+    jobs are in hand, uncommitted, when it strikes.
+    """
+    with engine.connect() as conn:
+        for job_id in job_ids:
+            conn.execute(
+                text("SELECT pg_advisory_lock(hashtextextended(:job_id, 0))"), {"job_id": job_id}
+            )
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock_all()"))
+
+
+def sessions_waiting_on_a_job(engine: Engine) -> set[int]:
+    """Client ports of database sessions blocked on a job's advisory lock."""
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                text(
+                    "SELECT client_port FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE '%pg_advisory_xact_lock%'"
+                )
+            ).scalars()
+        )
