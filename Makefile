@@ -34,6 +34,11 @@ test: install ## Run the whole test suite (needs PostgreSQL and Redis, see READM
 faults: install ## Run only the fault-injection suite (private PostgreSQL and Redis, real processes)
 	$(BIN)/python -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
+SOAK_SECONDS ?= 600
+.PHONY: soak
+soak: install ## Steady load for SOAK_SECONDS (600) through gateway and worker; audit and RSS
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS) --quiet
+
 .PHONY: unit
 unit: install ## Run the unit tests only (no servers needed)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
