@@ -102,6 +102,23 @@ def _failure(code: int, message: str, errors: list[FieldError] | None) -> dict[s
 
 _KEYED_FIELDS = ("social_profiles", "custom_fields")
 
+# A bounce or a complaint is a fact about the address, not a preference: no upsert
+# moves a contact out of these (deliverability and anti-spam law depend on it).
+SUPPRESSED_STATUSES = frozenset({"bounced", "complained"})
+
+
+def _suppression_safe(current_status: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` without a status change that would lift a suppression.
+
+    An unsubscribed contact is re-subscribed only by a request naming
+    ``status: subscribed`` itself (absent fields never change, defaults included).
+    """
+    if current_status in SUPPRESSED_STATUSES and changes.get("status", current_status) != (
+        current_status
+    ):
+        return {k: v for k, v in changes.items() if k != "status"}
+    return changes
+
 
 def _versions_of(changes: dict[str, Any], accepted_at_us: int) -> dict[str, int]:
     """Which fields (and keys of the keyed fields) a job sets, stamped with its order."""
@@ -265,7 +282,8 @@ class ContactIngestor:
 
         # Deliveries can arrive out of order (a redelivery after a newer job): a field
         # changes only if no job accepted later has set it already.
-        values, versions = _newer_changes(current, request.changes(), job.accepted_at_us)
+        changes = _suppression_safe(current["status"], request.changes())
+        values, versions = _newer_changes(current, changes, job.accepted_at_us)
         if "custom_fields" in values:
             problem = custom_fields_problem(values["custom_fields"])
             if problem:

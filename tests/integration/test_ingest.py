@@ -475,3 +475,48 @@ def test_fields_a_creating_job_left_unset_take_a_late_older_value(
     assert late.result is not None
     assert late.result["data"]["status"] == "unsubscribed"
     assert late.result["data"]["source"] == "signup"
+
+
+@pytest.mark.parametrize("suppressed", ["bounced", "complained"])
+@pytest.mark.parametrize("requested", ["subscribed", "unsubscribed", "bounced", "complained"])
+def test_an_upsert_never_lifts_a_bounce_or_a_complaint(
+    ingestor: ContactIngestor,
+    board: JobBoard,
+    engine: Engine,
+    user: str,
+    suppressed: str,
+    requested: str,
+) -> None:
+    run(ingestor, admitted(board, user, {"email": "s@example.com", "status": suppressed}))
+    outcome = run(
+        ingestor,
+        admitted(
+            board,
+            user,
+            {"email": "s@example.com", "status": requested, "firstName": "Still"},
+            upsert=True,
+        ),
+    )
+    assert outcome.code == 200
+    assert outcome.result is not None
+    assert outcome.result["data"]["status"] == suppressed
+    assert outcome.result["data"]["first_name"] == "Still"  # the rest of the upsert applies
+    [row] = stored(engine, user)
+    assert row["status"] == suppressed
+
+
+def test_an_unsubscribed_contact_is_resubscribed_only_when_asked_by_name(
+    ingestor: ContactIngestor, board: JobBoard, user: str
+) -> None:
+    run(ingestor, admitted(board, user, {"email": "u@example.com", "status": "unsubscribed"}))
+    silent = run(
+        ingestor, admitted(board, user, {"email": "u@example.com", "company": "X"}, upsert=True)
+    )
+    assert silent.result is not None
+    assert silent.result["data"]["status"] == "unsubscribed"
+    named = run(
+        ingestor,
+        admitted(board, user, {"email": "u@example.com", "status": "subscribed"}, upsert=True),
+    )
+    assert named.result is not None
+    assert named.result["data"]["status"] == "subscribed"
