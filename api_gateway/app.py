@@ -62,6 +62,9 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTT
     if title[:3].isdigit():  # Falcon's own titles start with the code: "405 Method Not Allowed"
         title = title[4:]
     body: dict[str, Any] = {"error": exc.description or title}
+    problem_type = getattr(exc, "problem_type", None)
+    if problem_type:
+        body["type"] = problem_type
     errors = getattr(exc, "errors", None)
     if errors:
         body["errors"] = errors

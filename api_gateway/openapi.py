@@ -81,6 +81,14 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "error": {"type": "string"},
                 "errors": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
+                "type": {
+                    "type": "string",
+                    "description": "A problem type, on Idempotency-Key conflicts only.",
+                    "enum": [
+                        "/problems/idempotency-key-in-use",
+                        "/problems/idempotency-key-reused",
+                    ],
+                },
             },
         },
         "JobAccepted": {
@@ -200,7 +208,19 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "schema": {"enum": ["0", "1", "true", "false"]},
-                        }
+                        },
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "description": (
+                                "Repeat a request safely: within 24 h the same key (per user)"
+                                " with the same body and upsert flag returns the original"
+                                " job and enqueues nothing; 1 to 255 printable ASCII"
+                                " characters, optionally in double quotes."
+                            ),
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 257},
+                        },
                     ],
                     "requestBody": {"required": True, "content": _json("ContactRequest")},
                     "responses": {
@@ -212,11 +232,26 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                     "description": "/io/contacts/jobs/<job_id>",
                                     "schema": {"type": "string"},
                                 },
+                                "Idempotent-Replayed": {
+                                    "description": "`true` when this answers a repeated"
+                                    " Idempotency-Key: the original job, nothing enqueued.",
+                                    "required": False,
+                                    "schema": {"const": "true"},
+                                },
                             },
                             "content": _json("JobAccepted"),
                         },
                         "400": _error("A rule is broken; `errors` lists every failing field."),
                         "401": unauthorized,
+                        "409": _error(
+                            "The request holding this Idempotency-Key is still being accepted"
+                            " (type /problems/idempotency-key-in-use); retry shortly.",
+                            _RETRY_AFTER,
+                        ),
+                        "422": _error(
+                            "This Idempotency-Key was used for a different request"
+                            " (type /problems/idempotency-key-reused)."
+                        ),
                         "413": _error("Body over 64 KiB."),
                         "415": _error("Content-Type is not JSON."),
                         "429": _error(limit, {**_RATE_HEADERS, **_RETRY_AFTER}),

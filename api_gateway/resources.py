@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -10,7 +12,14 @@ import falcon
 import orjson
 
 from contacts_ingest.contact import ContactInvalid, FieldError, parse_contact
-from contacts_ingest.jobs import ContactJob, JobBoard, JobPublisher, Operation, new_job_id
+from contacts_ingest.jobs import (
+    ContactJob,
+    Idempotency,
+    JobBoard,
+    JobPublisher,
+    Operation,
+    new_job_id,
+)
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import FinalJobReader, job_status
 
@@ -23,6 +32,22 @@ _UPSERT_FLAGS: dict[str, Operation] = {
     "0": "create",
     "false": "create",
 }
+
+
+# RFC 8941 sf-string content (the IETF draft's form), also accepted without the quotes.
+_IDEMPOTENCY_KEY = re.compile(r'^"?([\x20-\x21\x23-\x7e]{1,255})"?$')
+IDEMPOTENCY_KEY_MESSAGE = "Idempotency-Key must be 1 to 255 printable ASCII characters"
+PROBLEM_KEY_IN_USE = "/problems/idempotency-key-in-use"
+PROBLEM_KEY_REUSED = "/problems/idempotency-key-reused"
+
+
+class IdempotencyProblem(falcon.HTTPError):
+    """A 409 or 422 about the request's Idempotency-Key, with its problem ``type``."""
+
+    def __init__(self, status: str, problem_type: str, message: str) -> None:
+        headers = {"Retry-After": "1"} if status == falcon.HTTP_409 else None
+        super().__init__(status, description=message, headers=headers)
+        self.problem_type = problem_type
 
 
 class InvalidRequest(falcon.HTTPBadRequest):
@@ -40,21 +65,49 @@ def _is_json(content_type: str | None) -> bool:
     )
 
 
-def _read_json_body(req: falcon.Request) -> object:
-    """The decoded JSON body, or the 4xx the reference and the contract prescribe."""
+def _read_body(req: falcon.Request) -> bytes:
+    """The raw JSON body, or the 4xx the reference and the contract prescribe."""
     if not _is_json(req.content_type):
         raise falcon.HTTPUnsupportedMediaType(description="Content-Type must be application/json")
     if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description="Request body must be 64 KiB or smaller")
     # Without Content-Length (chunked), read the raw stream, still never past the limit.
     stream = req.bounded_stream if req.content_length is not None else req.stream
-    raw = stream.read(MAX_BODY_BYTES + 1)
+    raw: bytes = stream.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description="Request body must be 64 KiB or smaller")
+    return raw
+
+
+def _decode(raw: bytes) -> object:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidRequest("Request body must be valid JSON") from None
+
+
+def _idempotency(req: falcon.Request, operation: Operation, raw: bytes) -> Idempotency | None:
+    """The request's Idempotency-Key, hashed, with a fingerprint of what it asks for.
+
+    The fingerprint is taken over the JSON value (keys sorted), so a client that
+    re-serialises the same body differently is still recognised as repeating itself.
+    """
+    header = req.get_header("Idempotency-Key")
+    if header is None:
+        return None
+    match = _IDEMPOTENCY_KEY.match(header.strip())
+    if match is None:
+        raise InvalidRequest(
+            IDEMPOTENCY_KEY_MESSAGE, [FieldError("Idempotency-Key", IDEMPOTENCY_KEY_MESSAGE)]
+        )
+    try:
+        content = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        content = raw
+    return Idempotency(
+        key_hash=hashlib.sha256(match.group(1).encode()).hexdigest(),
+        fingerprint=hashlib.sha256(operation.encode() + b"\n" + content).hexdigest(),
+    )
 
 
 class ContactsResource:
@@ -74,23 +127,44 @@ class ContactsResource:
         job_id = new_job_id()
         operation: Operation = "create"
         body: object = None
+        idempotency: Idempotency | None = None
         refusal: falcon.HTTPError | None = None
         try:
             operation = self._operation(req)
-            body = _read_json_body(req)
+            raw = _read_body(req)
+            idempotency = _idempotency(req, operation, raw)
+            body = _decode(raw)
             parse_contact(body)
         except falcon.HTTPError as exc:
             refusal = exc
         except ContactInvalid as invalid:
             refusal = InvalidRequest(invalid.message, invalid.errors)
 
-        # Every authenticated POST counts, valid or not; only a valid one is recorded.
+        # Every authenticated POST counts, valid or not, except the repeat of a request
+        # already accepted under the same Idempotency-Key; only a valid one is recorded.
         admission = self._board.admit(
             user_id=user_id,
             member=job_id,
             job=None if refusal else (job_id, operation),
             limit=self._limit,
+            idempotency=idempotency,
         )
+        if admission.idempotency == "replay" and admission.original is not None:
+            self._accepted(resp, *admission.original)
+            resp.set_header("Idempotent-Replayed", "true")
+            return
+        if admission.idempotency == "in_progress":
+            raise IdempotencyProblem(
+                falcon.HTTP_409,
+                PROBLEM_KEY_IN_USE,
+                "A request with this Idempotency-Key is still being accepted; retry shortly",
+            )
+        if admission.idempotency == "reused":
+            raise IdempotencyProblem(
+                falcon.HTTP_422,
+                PROBLEM_KEY_REUSED,
+                "This Idempotency-Key was already used for a different request",
+            )
         resp.set_header("RateLimit-Policy", self._policy)
         resp.set_header(
             "RateLimit", f'"writes";r={admission.remaining or 0};t={admission.reset_seconds}'
@@ -114,11 +188,19 @@ class ContactsResource:
             self._publish(job)
         except Exception:
             self._board.forget(job_id)
+            if idempotency is not None:
+                self._board.release(user_id, idempotency, job_id)
             raise
+        if idempotency is not None:
+            self._board.settle(user_id, idempotency, job_id)
         log.info(
             "job accepted",
             extra={"job_id": job_id, "request_id": job.request_id, "operation": operation},
         )
+        self._accepted(resp, job_id, operation)
+
+    @staticmethod
+    def _accepted(resp: falcon.Response, job_id: str, operation: str) -> None:
         resp.status = falcon.HTTP_202
         resp.location = f"/io/contacts/jobs/{job_id}"
         resp.media = {"data": {"job_id": job_id, "status": "queued", "operation": operation}}

@@ -23,6 +23,12 @@ MAX_USER_ID_CHARS = 200
 Operation = Literal["create", "upsert"]
 
 
+def _operation(name: str) -> Operation:
+    if name == "upsert":
+        return "upsert"
+    return "create"
+
+
 def new_job_id() -> str:
     """A fresh, unguessable job id (128 random bits)."""
     return "job_" + secrets.token_hex(16)
@@ -95,6 +101,24 @@ class ContactJob:
         )
 
 
+# How long an Idempotency-Key is remembered once its request was accepted, and how long
+# it stays reserved while that request is still being accepted (a gateway that dies
+# mid-request frees it after this long).
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+IDEMPOTENCY_PENDING_SECONDS = 60
+
+# What admission says about a request's Idempotency-Key.
+IdempotencyVerdict = Literal["new", "replay", "in_progress", "reused"]
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A request's Idempotency-Key (already hashed) and the fingerprint of its content."""
+
+    key_hash: str
+    fingerprint: str
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """What the atomic admission step decided."""
@@ -105,17 +129,36 @@ class Admission:
     # Seconds until the oldest counted write leaves the window.
     reset_seconds: int
     accepted_at_us: int
+    # For a request with an Idempotency-Key: "replay" (an earlier request with this key
+    # and content was accepted: see ``original``), "in_progress" (that request is still
+    # being accepted), "reused" (the key came with different content), else "new".
+    idempotency: IdempotencyVerdict = "new"
+    # (job id, operation) of the accepted original, for a replay.
+    original: tuple[str, Operation] | None = None
 
 
-# One atomic step, on Redis's own clock: count the write against the user's rolling
-# window (a sorted set of admission times) and, when admitted, record the job as queued.
-# KEYS: quota key, job record key. ARGV: apply_limit, limit, window_us, member,
-# record_job, user_id, operation, record_ttl_s.
+# One atomic step, on Redis's own clock: settle the request's Idempotency-Key (a repeat
+# is answered from its record and counts nothing), count the write against the user's
+# rolling window (a sorted set of admission times) and, when admitted, record the job as
+# queued and reserve the Idempotency-Key for it.
+# KEYS: quota key, job record key, idempotency key ('' for none).
+# ARGV: apply_limit, limit, window_us, member, record_job, user_id, operation,
+# record_ttl_s, fingerprint, idempotency_pending_s.
+# Returns {verdict, remaining, reset_us, now_us, original_job_id, original_operation};
+# verdict: 1 admitted, 0 over the limit, 2 replay, 3 in progress, 4 key reused.
 _ADMIT_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local remaining = -1
 local reset = 0
+if KEYS[3] ~= '' then
+  local seen = redis.call('HMGET', KEYS[3], 'fingerprint', 'state', 'job_id', 'operation')
+  if seen[1] then
+    if seen[1] ~= ARGV[9] then return {4, -1, 0, now, '', ''} end
+    if seen[2] ~= 'accepted' then return {3, -1, 0, now, '', ''} end
+    return {2, -1, 0, now, seen[3], seen[4]}
+  end
+end
 if ARGV[1] == '1' then
   local limit = tonumber(ARGV[2])
   local window = tonumber(ARGV[3])
@@ -123,7 +166,7 @@ if ARGV[1] == '1' then
   local used = redis.call('ZCARD', KEYS[1])
   if used >= limit then
     local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {0, 0, tonumber(oldest[2]) + window - now, now}
+    return {0, 0, tonumber(oldest[2]) + window - now, now, '', ''}
   end
   redis.call('ZADD', KEYS[1], now, ARGV[4])
   redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
@@ -135,8 +178,28 @@ if ARGV[5] == '1' then
   redis.call('HSET', KEYS[2], 'user_id', ARGV[6], 'operation', ARGV[7],
              'status', 'queued', 'accepted_at_us', now, 'attempts', 0)
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[8]))
+  if KEYS[3] ~= '' then
+    redis.call('HSET', KEYS[3], 'fingerprint', ARGV[9], 'state', 'accepting',
+               'job_id', ARGV[4], 'operation', ARGV[7])
+    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[10]))
+  end
 end
-return {1, remaining, reset, now}
+return {1, remaining, reset, now, '', ''}
+"""
+
+# The request holding an Idempotency-Key was accepted (its job published): remember it.
+# KEYS: idempotency key. ARGV: job id, ttl_s.
+_SETTLE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'job_id') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'accepted')
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+
+# Frees an Idempotency-Key reserved for a job that was never published.
+_RELEASE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'job_id') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
 """
 
 # Marks a pending job as being processed and counts the attempt; 0 if no record exists.
@@ -164,6 +227,8 @@ class JobBoard:
         self._ttl = record_ttl_seconds
         self._admit = client.register_script(_ADMIT_SCRIPT)
         self._start = client.register_script(_START_SCRIPT)
+        self._settle = client.register_script(_SETTLE_SCRIPT)
+        self._release = client.register_script(_RELEASE_SCRIPT)
 
     @classmethod
     def for_settings(cls, client: redis.Redis, settings: Settings) -> JobBoard:
@@ -179,6 +244,9 @@ class JobBoard:
     def quota_key(self, user_id: str) -> str:
         return f"{self._prefix}quota:{user_id}"
 
+    def idempotency_key(self, user_id: str, key_hash: str) -> str:
+        return f"{self._prefix}idem:{user_id}:{key_hash}"
+
     def admit(
         self,
         *,
@@ -186,16 +254,20 @@ class JobBoard:
         member: str,
         job: tuple[str, Operation] | None,
         limit: tuple[int, int] | None,
+        idempotency: Idempotency | None = None,
     ) -> Admission:
         """Count one write and, if ``job`` (job_id, operation) is given, record it as queued.
 
         ``limit`` is (writes, window_seconds); None admits without counting
-        (internal producers). A refused write records nothing.
+        (internal producers). A refused write records nothing. With ``idempotency``,
+        a repeat of an accepted request is answered from its record without counting,
+        and an admitted job reserves the key until ``settle`` (or for 60 s).
         """
         job_id, operation = job if job else ("", "create")
         writes, window = limit if limit else (0, 0)
-        allowed, remaining, reset_us, now_us = self._admit(
-            keys=[self.quota_key(user_id), self.record_key(job_id)],
+        idem_key = self.idempotency_key(user_id, idempotency.key_hash) if idempotency else ""
+        verdict, remaining, reset_us, now_us, original_id, original_op = self._admit(
+            keys=[self.quota_key(user_id), self.record_key(job_id), idem_key],
             args=[
                 "1" if limit else "0",
                 writes,
@@ -205,14 +277,32 @@ class JobBoard:
                 user_id,
                 operation,
                 self._ttl,
+                idempotency.fingerprint if idempotency else "",
+                IDEMPOTENCY_PENDING_SECONDS,
             ],
         )
+        verdicts: dict[int, IdempotencyVerdict] = {2: "replay", 3: "in_progress", 4: "reused"}
         return Admission(
-            allowed=bool(allowed),
+            allowed=verdict == 1,
             remaining=None if remaining < 0 else int(remaining),
             reset_seconds=max(1, -(-int(reset_us) // 1_000_000)) if limit else 0,
             accepted_at_us=int(now_us),
+            idempotency=verdicts.get(int(verdict), "new"),
+            original=(original_id.decode(), _operation(original_op.decode()))
+            if verdict == 2
+            else None,
         )
+
+    def settle(self, user_id: str, idempotency: Idempotency, job_id: str) -> None:
+        """The job reserved under ``idempotency`` was published: remember it for 24 h."""
+        self._settle(
+            keys=[self.idempotency_key(user_id, idempotency.key_hash)],
+            args=[job_id, IDEMPOTENCY_TTL_SECONDS],
+        )
+
+    def release(self, user_id: str, idempotency: Idempotency, job_id: str) -> None:
+        """The job reserved under ``idempotency`` was never published: free the key."""
+        self._release(keys=[self.idempotency_key(user_id, idempotency.key_hash)], args=[job_id])
 
     def start(self, job_id: str) -> int:
         """Mark the job as processing; return the attempt number (0 if it has no record)."""

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from contacts_ingest.jobs import Admission, JobBoard, new_job_id
+from contacts_ingest.jobs import Admission, Idempotency, JobBoard, new_job_id
 from contacts_ingest.settings import Settings
 from tests.conftest import unique
 
@@ -96,3 +96,50 @@ def test_admission_time_is_redis_time(board: JobBoard, redis_client: redis.Redis
     seconds, micros = redis_client.time()
     admission = admit(board, unique("user"))
     assert 0 <= admission.accepted_at_us - (seconds * 1_000_000 + micros) < 5_000_000
+
+
+def test_racing_requests_with_one_idempotency_key_admit_exactly_one(board: JobBoard) -> None:
+    user = unique("user")
+    key = Idempotency(key_hash=unique("k"), fingerprint="f")
+    verdicts: list[str] = []
+    job_ids: list[str] = []
+    barrier = threading.Barrier(20)
+
+    def racer() -> None:
+        job_id = new_job_id()
+        barrier.wait()
+        admission = board.admit(
+            user_id=user, member=job_id, job=(job_id, "create"), limit=(200, 60), idempotency=key
+        )
+        verdicts.append(admission.idempotency)
+        if admission.allowed:
+            job_ids.append(job_id)
+
+    threads = [threading.Thread(target=racer) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(verdicts) == ["in_progress"] * 19 + ["new"]
+    [admitted] = job_ids
+    board.settle(user, key, admitted)
+    replay = board.admit(
+        user_id=user, member=new_job_id(), job=(new_job_id(), "create"), limit=(200, 60),
+        idempotency=key,
+    )  # fmt: skip
+    assert (replay.idempotency, replay.original) == ("replay", (admitted, "create"))
+    # Only the admitted request counted against the quota.
+    assert admit(board, user).remaining == 198
+
+
+def test_an_idempotency_key_lives_24_hours_once_accepted(
+    board: JobBoard, redis_client: redis.Redis
+) -> None:
+    user = unique("user")
+    key = Idempotency(key_hash=unique("k"), fingerprint="f")
+    job_id = new_job_id()
+    board.admit(user_id=user, member=job_id, job=(job_id, "create"), limit=None, idempotency=key)
+    record = board.idempotency_key(user, key.key_hash)
+    assert 0 < redis_client.ttl(record) <= 60  # reserved briefly while being accepted
+    board.settle(user, key, job_id)
+    assert 23 * 3600 < redis_client.ttl(record) <= 24 * 3600

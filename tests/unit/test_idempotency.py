@@ -1,0 +1,136 @@
+"""Idempotency-Key on POST /io/contacts/contacts (IETF httpapi idempotency-key draft)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import kombu.exceptions
+import pytest
+
+from contacts_ingest.jobs import ContactJob
+from tests.unit.harness import ALICE, BOB, JSON, Harness, make_harness
+
+BODY = {"email": "idem@example.com", "firstName": "Ida"}
+
+
+@pytest.fixture
+def gw() -> Harness:
+    return make_harness(limit=3)
+
+
+def keyed(key: str, who: dict[str, str] = ALICE) -> dict[str, str]:
+    return {**who, "Idempotency-Key": key}
+
+
+def test_a_repeat_returns_the_original_job_and_enqueues_nothing(gw: Harness) -> None:
+    first = gw.post(BODY, headers=keyed("k-1"))
+    again = gw.post(BODY, headers=keyed("k-1"))
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json == first.json
+    assert again.headers["Location"] == first.headers["Location"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert len(gw.published) == 1
+
+
+def test_a_repeat_does_not_consume_quota(gw: Harness) -> None:
+    for _ in range(10):
+        assert gw.post(BODY, headers=keyed("k-quota")).status_code == 202
+    # The limit is 3: one write used, two left.
+    assert gw.post({"email": "a@example.com"}).status_code == 202
+    assert gw.post({"email": "b@example.com"}).status_code == 202
+    assert gw.post({"email": "c@example.com"}).status_code == 429
+
+
+def test_the_same_body_serialised_differently_is_still_a_repeat(gw: Harness) -> None:
+    first = gw.post(BODY, headers=keyed("k-order"))
+    reordered = b'{ "firstName": "Ida",\n  "email": "idem@example.com" }'
+    again = gw.client.simulate_post(
+        "/io/contacts/contacts", body=reordered, headers={**keyed("k-order"), **JSON}
+    )
+    assert again.json == first.json
+
+
+def test_the_same_key_with_a_different_body_is_422(gw: Harness) -> None:
+    gw.post(BODY, headers=keyed("k-2"))
+    other = gw.post({**BODY, "firstName": "Other"}, headers=keyed("k-2"))
+    assert other.status_code == 422
+    assert other.json == {
+        "error": "This Idempotency-Key was already used for a different request",
+        "type": "/problems/idempotency-key-reused",
+    }
+    upsert = gw.post(BODY, headers=keyed("k-2"), params={"upsert": "1"})
+    assert upsert.status_code == 422  # same body, different operation
+    assert len(gw.published) == 1
+
+
+def test_keys_are_scoped_per_user(gw: Harness) -> None:
+    alices = gw.post(BODY, headers=keyed("shared"))
+    bobs = gw.post(BODY, headers=keyed("shared", BOB))
+    assert bobs.status_code == 202
+    assert bobs.json["data"]["job_id"] != alices.json["data"]["job_id"]
+    assert len(gw.published) == 2
+
+
+def test_a_repeat_while_the_first_is_being_accepted_is_409_of_its_own_type() -> None:
+    publishing = threading.Event()
+    release = threading.Event()
+    published: list[ContactJob] = []
+
+    def slow_publish(job: ContactJob) -> None:
+        publishing.set()
+        release.wait(5)
+        published.append(job)
+
+    gw = make_harness(publish=slow_publish)
+    answers: list[Any] = []
+    first = threading.Thread(target=lambda: answers.append(gw.post(BODY, headers=keyed("k-3"))))
+    first.start()
+    assert publishing.wait(5)
+    racing = gw.post(BODY, headers=keyed("k-3"))
+    release.set()
+    first.join()
+    assert racing.status_code == 409
+    assert racing.json["type"] == "/problems/idempotency-key-in-use"
+    assert racing.headers["Retry-After"] == "1"
+    assert answers[0].status_code == 202
+    assert len(published) == 1
+    assert gw.post(BODY, headers=keyed("k-3")).json == answers[0].json
+
+
+def test_a_failed_publish_frees_the_key_for_the_retry() -> None:
+    calls: list[ContactJob] = []
+
+    def flaky(job: ContactJob) -> None:
+        calls.append(job)
+        if len(calls) == 1:
+            raise kombu.exceptions.OperationalError("broker down")
+
+    gw = make_harness(publish=flaky)
+    assert gw.post(BODY, headers=keyed("k-4")).status_code == 503
+    retry = gw.post(BODY, headers=keyed("k-4"))
+    assert retry.status_code == 202
+    assert retry.json["data"]["job_id"] == calls[1].job_id
+
+
+@pytest.mark.parametrize("bad", ["", "a" * 256, "caf\u00e9", "tab\there"])
+def test_a_malformed_key_is_400(gw: Harness, bad: str) -> None:
+    answer = gw.client.simulate_post(
+        "/io/contacts/contacts",
+        body=b'{"email": "x@example.com"}',
+        headers={**ALICE, **JSON, "Idempotency-Key": bad},
+    )
+    assert answer.status_code == 400
+    assert answer.json["error"] == "Idempotency-Key must be 1 to 255 printable ASCII characters"
+    assert gw.published == []
+
+
+def test_a_quoted_key_is_the_same_key(gw: Harness) -> None:
+    first = gw.post(BODY, headers=keyed('"quoted-key"'))
+    assert gw.post(BODY, headers=keyed("quoted-key")).json == first.json
+
+
+def test_an_invalid_body_with_a_new_key_is_400_and_reserves_nothing(gw: Harness) -> None:
+    assert gw.post({"email": "nope"}, headers=keyed("k-5")).status_code == 400
+    assert gw.post(BODY, headers=keyed("k-5")).status_code == 202
