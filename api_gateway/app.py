@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api_gateway.middleware import AuthMiddleware, RequestIdMiddleware
 from api_gateway.openapi import openapi_document
 from api_gateway.resources import (
+    ContactIntake,
     ContactsResource,
     HealthResource,
     JobResource,
@@ -104,7 +105,8 @@ def create_app(
     app.add_error_handler(kombu.exceptions.OperationalError, _unavailable)
     app.add_error_handler(SQLAlchemyError, _unavailable)
 
-    app.add_route("/io/contacts/contacts", ContactsResource(settings, deps.board, deps.publish))
+    intake = ContactIntake(settings, deps.board, deps.publish)
+    app.add_route("/io/contacts/contacts", ContactsResource(intake))
     app.add_route("/io/contacts/jobs/{job_id}", JobResource(deps.board, deps.final_job))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(deps.readiness))

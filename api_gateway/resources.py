@@ -6,6 +6,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import falcon
@@ -36,7 +37,18 @@ _UPSERT_FLAGS: dict[str, Operation] = {
 
 # RFC 8941 sf-string content (the IETF draft's form), also accepted without the quotes.
 _IDEMPOTENCY_KEY = re.compile(r'^"?([\x20-\x21\x23-\x7e]{1,255})"?$')
-IDEMPOTENCY_KEY_MESSAGE = "Idempotency-Key must be 1 to 255 printable ASCII characters"
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A key a request is idempotent under: the client's Idempotency-Key, or a webhook-id."""
+
+    value: str
+    header: str = "Idempotency-Key"
+    # Keeps a webhook's ids and a client's keys apart even if their text matches.
+    namespace: str = "client"
+
+
 PROBLEM_KEY_IN_USE = "/problems/idempotency-key-in-use"
 PROBLEM_KEY_REUSED = "/problems/idempotency-key-reused"
 
@@ -86,32 +98,33 @@ def _decode(raw: bytes) -> object:
         raise InvalidRequest("Request body must be valid JSON") from None
 
 
-def _idempotency(req: falcon.Request, operation: Operation, raw: bytes) -> Idempotency | None:
-    """The request's Idempotency-Key, hashed, with a fingerprint of what it asks for.
+def _idempotency(
+    key: IdempotencyKey | None, operation: Operation, raw: bytes
+) -> Idempotency | None:
+    """The request's idempotency key, hashed, with a fingerprint of what it asks for.
 
     The fingerprint is taken over the JSON value (keys sorted), so a client that
     re-serialises the same body differently is still recognised as repeating itself.
     """
-    header = req.get_header("Idempotency-Key")
-    if header is None:
+    if key is None:
         return None
-    match = _IDEMPOTENCY_KEY.match(header.strip())
+    match = _IDEMPOTENCY_KEY.match(key.value.strip())
     if match is None:
-        raise InvalidRequest(
-            IDEMPOTENCY_KEY_MESSAGE, [FieldError("Idempotency-Key", IDEMPOTENCY_KEY_MESSAGE)]
-        )
+        message = f"{key.header} must be 1 to 255 printable ASCII characters"
+        raise InvalidRequest(message, [FieldError(key.header, message)])
     try:
         content = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         content = raw
     return Idempotency(
-        key_hash=hashlib.sha256(match.group(1).encode()).hexdigest(),
+        key_hash=hashlib.sha256(f"{key.namespace}:{match.group(1)}".encode()).hexdigest(),
         fingerprint=hashlib.sha256(operation.encode() + b"\n" + content).hexdigest(),
     )
 
 
-class ContactsResource:
-    """POST /io/contacts/contacts: validate, count against the quota, enqueue."""
+class ContactIntake:
+    """Validate, count against the quota, enqueue: what every write route does once it
+    knows the user."""
 
     def __init__(self, settings: Settings, board: JobBoard, publish: JobPublisher) -> None:
         self._board = board
@@ -122,8 +135,16 @@ class ContactsResource:
             f'"writes";q={settings.rate_limit_writes};w={settings.rate_limit_window_seconds}'
         )
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        user_id: str = req.context.user_id
+    def accept(
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        *,
+        user_id: str,
+        read_body: Callable[[], bytes],
+        key: IdempotencyKey | None,
+    ) -> None:
+        """Answer 202 with a new (or, for a repeated key, the original) job, or the 4xx."""
         job_id = new_job_id()
         operation: Operation = "create"
         body: object = None
@@ -131,8 +152,8 @@ class ContactsResource:
         refusal: falcon.HTTPError | None = None
         try:
             operation = self._operation(req)
-            raw = _read_body(req)
-            idempotency = _idempotency(req, operation, raw)
+            raw = read_body()
+            idempotency = _idempotency(key, operation, raw)
             body = _decode(raw)
             parse_contact(body)
         except falcon.HTTPError as exc:
@@ -157,13 +178,14 @@ class ContactsResource:
             raise IdempotencyProblem(
                 falcon.HTTP_409,
                 PROBLEM_KEY_IN_USE,
-                "A request with this Idempotency-Key is still being accepted; retry shortly",
+                f"A request with this {key.header if key else ''} is still being accepted;"
+                " retry shortly",
             )
         if admission.idempotency == "reused":
             raise IdempotencyProblem(
                 falcon.HTTP_422,
                 PROBLEM_KEY_REUSED,
-                "This Idempotency-Key was already used for a different request",
+                f"This {key.header if key else ''} was already used for a different request",
             )
         resp.set_header("RateLimit-Policy", self._policy)
         resp.set_header(
@@ -215,6 +237,23 @@ class ContactsResource:
             message = "upsert must be 1 or 0"
             raise InvalidRequest(message, [FieldError("upsert", message)])
         return operation
+
+
+class ContactsResource:
+    """POST /io/contacts/contacts: a write authenticated by the user's bearer key."""
+
+    def __init__(self, intake: ContactIntake) -> None:
+        self._intake = intake
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        header = req.get_header("Idempotency-Key")
+        self._intake.accept(
+            req,
+            resp,
+            user_id=req.context.user_id,
+            read_body=lambda: _read_body(req),
+            key=IdempotencyKey(header) if header is not None else None,
+        )
 
 
 class JobResource:
