@@ -20,10 +20,12 @@ from api_gateway.openapi import openapi_document
 from api_gateway.resources import (
     ContactIntake,
     ContactsResource,
+    DeliveryVerifier,
     HealthResource,
     JobResource,
     OpenApiResource,
     ReadyResource,
+    WebhookResource,
 )
 from contacts_ingest.jobs import JobBoard, JobPublisher
 from contacts_ingest.settings import Settings
@@ -44,6 +46,8 @@ class GatewayDeps:
     final_job: FinalJobReader
     # Name -> a check that raises if that dependency is unreachable.
     readiness: Mapping[str, Callable[[], Any]]
+    # Webhook delivery -> the endpoint's user, or raises WebhookRejected.
+    user_for_delivery: DeliveryVerifier
 
 
 def _dumps(value: Any) -> bytes:
@@ -107,6 +111,9 @@ def create_app(
 
     intake = ContactIntake(settings, deps.board, deps.publish)
     app.add_route("/io/contacts/contacts", ContactsResource(intake))
+    app.add_route(
+        "/io/contacts/webhooks/{endpoint_id}", WebhookResource(intake, deps.user_for_delivery)
+    )
     app.add_route("/io/contacts/jobs/{job_id}", JobResource(deps.board, deps.final_job))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(deps.readiness))

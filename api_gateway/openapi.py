@@ -6,6 +6,7 @@ a test drives every documented route and code and checks each answer against it.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from contacts_ingest.contact import STATUSES, ContactRequest
@@ -185,7 +186,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     limit = settings.rate_limit_message
     unavailable = _error("Redis or PostgreSQL unreachable; nothing was enqueued.", _RETRY_AFTER)
     unauthorized = _error("Missing, unknown or revoked API key.")
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "contacts-ingest",
@@ -311,3 +312,48 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
         },
     }
+    document["paths"]["/io/contacts/webhooks/{endpoint_id}"] = {
+        "post": _webhook_operation(document)
+    }
+    return document
+
+
+def _webhook_operation(document: dict[str, Any]) -> dict[str, Any]:
+    """The contacts POST as a webhook source sends it: signed instead of keyed."""
+    operation: dict[str, Any] = copy.deepcopy(document["paths"]["/io/contacts/contacts"]["post"])
+    upsert = next(p for p in operation["parameters"] if p["name"] == "upsert")
+
+    def header(name: str, description: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "header",
+            "required": True,
+            "description": description,
+            "schema": {"type": "string"},
+        }
+
+    operation.update(
+        operationId="deliverWebhook",
+        summary="A signed delivery from a webhook source (Standard Webhooks)",
+        description=(
+            "No bearer key: the Standard Webhooks signature (HMAC-SHA256 over"
+            " `webhook-id.webhook-timestamp.body` with the endpoint's `whsec_` secret,"
+            " 5-minute tolerance, several space-separated `v1,<base64>` signatures allowed)"
+            " authenticates the delivery for the endpoint's user. `webhook-id` is the"
+            " idempotency key: a retried delivery returns the original job."
+        ),
+        security=[],
+        parameters=[
+            {"name": "endpoint_id", "in": "path", "required": True, "schema": {"type": "string"}},
+            upsert,
+            header("webhook-id", "The delivery's id, unique per message; 1-255 printable ASCII."),
+            header("webhook-timestamp", "Unix seconds when the delivery was signed."),
+            header("webhook-signature", "`v1,<base64 signature>`, space-separated if several."),
+        ],
+    )
+    operation["responses"]["401"] = _error("Unknown endpoint, or no valid, fresh signature.")
+    for code in ("409", "422"):
+        operation["responses"][code]["description"] = operation["responses"][code][
+            "description"
+        ].replace("Idempotency-Key", "webhook-id")
+    return operation

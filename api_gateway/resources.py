@@ -23,6 +23,10 @@ from contacts_ingest.jobs import (
 )
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import FinalJobReader, job_status
+from contacts_ingest.webhooks import WebhookRejected
+
+# (endpoint id, raw body, webhook-* headers) -> the endpoint's user, or WebhookRejected.
+DeliveryVerifier = Callable[[str, bytes, dict[str, str]], str]
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +257,41 @@ class ContactsResource:
             user_id=req.context.user_id,
             read_body=lambda: _read_body(req),
             key=IdempotencyKey(header) if header is not None else None,
+        )
+
+
+class WebhookResource:
+    """POST /io/contacts/webhooks/{endpoint_id}: a write signed by a webhook source.
+
+    Public (no bearer key): the Standard Webhooks signature authenticates it, and its
+    webhook-id is the idempotency key, so a source's retries never make a second job.
+    """
+
+    public = True
+
+    def __init__(self, intake: ContactIntake, user_for_delivery: DeliveryVerifier) -> None:
+        self._intake = intake
+        self._user_for_delivery = user_for_delivery
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, endpoint_id: str) -> None:
+        raw = _read_body(req)
+        headers = {
+            name: req.get_header(name) or ""
+            for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
+        }
+        try:
+            user_id = self._user_for_delivery(endpoint_id, raw, headers)
+        except WebhookRejected:
+            raise falcon.HTTPUnauthorized(
+                description="A valid webhook signature is required"
+            ) from None
+        req.context.user_id = user_id
+        self._intake.accept(
+            req,
+            resp,
+            user_id=user_id,
+            read_body=lambda: raw,
+            key=IdempotencyKey(headers["webhook-id"], header="webhook-id", namespace="webhook"),
         )
 
 

@@ -20,6 +20,7 @@ from contacts_ingest.migrate import head_revision, require_current_schema
 from contacts_ingest.producer import CeleryPublisher, producer_celery
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import read_final_job
+from contacts_ingest.webhooks import WebhookVerifier
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -46,6 +47,7 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
         publish=CeleryPublisher(producer_celery(settings), settings.celery_queue),
         final_job=lambda job_id: read_final_job(engine, job_id),
         readiness={"redis": client.ping, "postgres": postgres_ready},
+        user_for_delivery=WebhookVerifier(engine, ttl=settings.key_cache_ttl_seconds).user_for,
     )
     return BufferedBodies(
         create_app(settings, deps),

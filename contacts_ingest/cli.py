@@ -168,6 +168,82 @@ def keys_list(user_id: str | None) -> None:
         click.echo(f"{info.key_id}\t{info.user_id}\t{info.created_at.isoformat()}\t{revoked}")
 
 
+@main.group()
+def webhooks() -> None:
+    """Create, rotate, revoke and list webhook endpoints (Standard Webhooks)."""
+
+
+@webhooks.command("create")
+@click.option("--user", "user_id", required=True, help="The user its deliveries act for.")
+def webhooks_create(user_id: str) -> None:
+    """Create an endpoint; print its path and signing secret (shown only here)."""
+    from contacts_ingest.database import make_engine
+    from contacts_ingest.webhooks import create_endpoint
+
+    try:
+        endpoint_id, secret = create_endpoint(
+            make_engine(_settings().database_url, pool_size=1), user_id
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--user") from exc
+    click.echo(f"/io/contacts/webhooks/{endpoint_id}\t{secret}")
+    click.echo(f"created {endpoint_id} for user {user_id}", err=True)
+
+
+@webhooks.command("rotate")
+@click.argument("endpoint_id")
+@click.option(
+    "--grace-hours",
+    default=24.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="How long the older secrets keep verifying.",
+)
+def webhooks_rotate(endpoint_id: str, grace_hours: float) -> None:
+    """Add a new signing secret and print it; older ones expire after the grace period."""
+    from datetime import timedelta
+
+    from contacts_ingest.database import make_engine
+    from contacts_ingest.webhooks import rotate_secret
+
+    secret = rotate_secret(
+        make_engine(_settings().database_url, pool_size=1),
+        endpoint_id,
+        timedelta(hours=grace_hours),
+    )
+    if secret is None:
+        raise click.ClickException("no live endpoint matches")
+    click.echo(secret)
+    click.echo(f"older secrets of {endpoint_id} stop verifying in {grace_hours:g} h", err=True)
+
+
+@webhooks.command("revoke")
+@click.argument("endpoint_id")
+def webhooks_revoke(endpoint_id: str) -> None:
+    """Revoke an endpoint: its deliveries get 401 from then on."""
+    from contacts_ingest.database import make_engine
+    from contacts_ingest.webhooks import revoke_endpoint
+
+    if not revoke_endpoint(make_engine(_settings().database_url, pool_size=1), endpoint_id):
+        raise click.ClickException("no live endpoint matches")
+    click.echo("revoked", err=True)
+
+
+@webhooks.command("list")
+@click.option("--user", "user_id", default=None, help="Only this user's endpoints.")
+def webhooks_list(user_id: str | None) -> None:
+    """List endpoints (ids, users, dates, live secrets; never the secrets)."""
+    from contacts_ingest.database import make_engine
+    from contacts_ingest.webhooks import list_endpoints
+
+    for info in list_endpoints(make_engine(_settings().database_url, pool_size=1), user_id):
+        revoked = info.revoked_at.isoformat() if info.revoked_at else "-"
+        click.echo(
+            f"{info.endpoint_id}\t{info.user_id}\t{info.created_at.isoformat()}\t{revoked}"
+            f"\t{info.live_secrets} live secret(s)"
+        )
+
+
 @main.command()
 @click.option(
     "--data-dir",

@@ -6,6 +6,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -80,4 +81,31 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("revoked_at", DateTime(timezone=True)),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("endpoint_id", String(40), primary_key=True),
+    Column("user_id", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    Column("secret_id", String(40), primary_key=True),
+    Column(
+        "endpoint_id",
+        String(40),
+        ForeignKey("webhook_endpoints.endpoint_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # whsec_<base64>: HMAC needs the secret itself, so it is stored as is (see README).
+    Column("secret", String(100), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # Set when a newer secret replaces this one: it keeps verifying until then.
+    Column("expires_at", DateTime(timezone=True)),
+    Index("webhook_secrets_endpoint", "endpoint_id"),
 )

@@ -2,17 +2,50 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import fakeredis
 import falcon.testing
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from api_gateway.app import GatewayDeps, create_app
 from contacts_ingest.jobs import ContactJob, JobBoard, JobPublisher
 from contacts_ingest.settings import Settings
+from contacts_ingest.webhooks import WebhookRejected
 
 KEYS = {"cik_alice": "alice", "cik_bob": "bob"}
+WEBHOOK_ENDPOINT = "whk_alice"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"alice's webhook secret, 32 bytes").decode()
+
+
+def alices_webhook(endpoint_id: str, body: bytes, headers: dict[str, str]) -> str:
+    """Alice's one webhook endpoint, verified as the real verifier does."""
+    if endpoint_id != WEBHOOK_ENDPOINT:
+        raise WebhookRejected("unknown endpoint")
+    try:
+        Webhook(WEBHOOK_SECRET).verify(body, headers, json_parse=False)
+    except (WebhookVerificationError, ValueError, UnicodeDecodeError) as exc:
+        raise WebhookRejected(str(exc)) from exc
+    return "alice"
+
+
+def signed(
+    body: bytes, *, secret: str = WEBHOOK_SECRET, msg_id: str = "msg_1", at: datetime | None = None
+) -> dict[str, str]:
+    """Standard Webhooks headers for ``body``, as a source would send them."""
+    moment = at or datetime.now(UTC)
+    signature = Webhook(secret).sign(msg_id, moment, body.decode())
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(moment.timestamp())),
+        "webhook-signature": signature,
+        "Content-Type": "application/json",
+    }
+
+
 ALICE = {"Authorization": "Bearer cik_alice"}
 BOB = {"Authorization": "Bearer cik_bob"}
 JSON = {"Content-Type": "application/json"}
@@ -51,6 +84,7 @@ def make_harness(
         publish=publish or published.append,
         final_job=lambda job_id: final_rows.get(job_id),  # type: ignore[arg-type, return-value]
         readiness={"redis": lambda: None, "postgres": (lambda: None) if ready else down},
+        user_for_delivery=alices_webhook,
     )
     app = create_app(Settings(rate_limit_writes=limit, rate_limit_window_seconds=60), deps)
     return Harness(falcon.testing.TestClient(app), published, final_rows, server)

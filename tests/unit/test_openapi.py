@@ -15,11 +15,14 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from tests.conftest import REQUEST_FIELDS
-from tests.unit.harness import ALICE, BOB, JSON, Harness, make_harness
+from tests.unit.harness import ALICE, BOB, JSON, WEBHOOK_ENDPOINT, Harness, make_harness, signed
 
 # Answered by the HTTP server (granian) before the app sees the request; the
 # end-to-end hostile-input test covers it.
-SERVER_CODES = {("post", "/io/contacts/contacts", "431")}
+SERVER_CODES = {
+    ("post", "/io/contacts/contacts", "431"),
+    ("post", "/io/contacts/webhooks/{endpoint_id}", "431"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +109,56 @@ def _idempotency_reused() -> Result:
     return _post(gw, {"email": "b@example.com"}, headers=headers)
 
 
+HOOK = "/io/contacts/webhooks/{endpoint_id}"
+
+
+def _deliver(gw: Harness, body: bytes, msg_id: str = "m", **kw: Any) -> Result:
+    headers = kw.pop("headers", signed(body, msg_id=msg_id))
+    return gw.client.simulate_post(
+        f"/io/contacts/webhooks/{WEBHOOK_ENDPOINT}", body=body, headers=headers, **kw
+    )
+
+
+def _delivery_in_use() -> Result:
+    answers: list[Result] = []
+    gw = make_harness(
+        publish=lambda job: answers.append(_deliver(gw, b'{"email": "a@example.com"}'))
+    )
+    _deliver(gw, b'{"email": "a@example.com"}')
+    return answers[0]
+
+
+def _delivery_reused() -> Result:
+    gw = make_harness()
+    _deliver(gw, b'{"email": "a@example.com"}')
+    return _deliver(gw, b'{"email": "b@example.com"}')
+
+
+WEBHOOK_SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
+    ("post", HOOK, "202"): lambda: _deliver(make_harness(), b'{"email": "a@example.com"}'),
+    ("post", HOOK, "400"): lambda: _deliver(make_harness(), b'{"email": "x"}'),
+    ("post", HOOK, "401"): lambda: _deliver(
+        make_harness(), b"{}", headers={"Content-Type": "application/json"}
+    ),
+    ("post", HOOK, "409"): _delivery_in_use,
+    ("post", HOOK, "413"): lambda: _deliver(make_harness(), b'{"pad": "' + b"x" * 70_000 + b'"}'),
+    ("post", HOOK, "415"): lambda: _deliver(
+        make_harness(), b"{}", headers={"Content-Type": "text/plain"}
+    ),
+    ("post", HOOK, "422"): _delivery_reused,
+    ("post", HOOK, "429"): lambda: (
+        lambda gw: [_deliver(gw, b'{"email": "a@example.com"}', msg_id=f"m{i}") for i in range(2)][
+            -1
+        ]
+    )(make_harness(limit=1)),
+    ("post", HOOK, "503"): lambda: _deliver(
+        _redis_down(make_harness()), b'{"email": "a@example.com"}'
+    ),
+}
+
+
 SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
+    **WEBHOOK_SCENARIOS,
     ("post", "/io/contacts/contacts", "409"): _idempotency_in_use,
     ("post", "/io/contacts/contacts", "422"): _idempotency_reused,
     ("post", "/io/contacts/contacts", "202"): lambda: _post(

@@ -1,0 +1,200 @@
+"""Webhook endpoints: per-user URLs that sources call with Standard Webhooks signatures.
+
+A source that cannot send a bearer key signs each delivery instead (``webhook-id``,
+``webhook-timestamp``, ``webhook-signature``: HMAC-SHA256 over ``id.timestamp.body``
+with a ``whsec_`` secret). Verification is the ``standardwebhooks`` package's,
+tolerance 5 minutes. Rotating a secret keeps the old one verifying for a grace
+period, so a source can switch over (or sign with both) without losing deliveries.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cachetools import LRUCache, TTLCache
+from sqlalchemy import Connection, Engine, func, insert, or_, select, update
+from sqlalchemy.exc import OperationalError
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from contacts_ingest.jobs import MAX_USER_ID_CHARS
+from contacts_ingest.schema import webhook_endpoints, webhook_secrets
+
+ENDPOINT_PREFIX = "whk_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
+DEFAULT_ROTATION_GRACE = timedelta(hours=24)
+
+
+class WebhookRejected(Exception):
+    """A delivery whose endpoint is unknown or whose signature does not verify."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointInfo:
+    endpoint_id: str
+    user_id: str
+    created_at: datetime
+    revoked_at: datetime | None
+    live_secrets: int
+
+
+def _new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _add_secret(conn: Connection, endpoint_id: str) -> str:
+    secret = _new_secret()
+    conn.execute(
+        insert(webhook_secrets).values(
+            secret_id="whs_" + secrets.token_hex(8), endpoint_id=endpoint_id, secret=secret
+        )
+    )
+    return secret
+
+
+def create_endpoint(engine: Engine, user_id: str) -> tuple[str, str]:
+    """Create an endpoint for ``user_id``; return (endpoint_id, secret)."""
+    if not user_id or len(user_id) > MAX_USER_ID_CHARS:
+        raise ValueError(f"user id must be 1 to {MAX_USER_ID_CHARS} characters")
+    endpoint_id = ENDPOINT_PREFIX + secrets.token_hex(12)
+    with engine.begin() as conn:
+        conn.execute(insert(webhook_endpoints).values(endpoint_id=endpoint_id, user_id=user_id))
+        secret = _add_secret(conn, endpoint_id)
+    return endpoint_id, secret
+
+
+def rotate_secret(
+    engine: Engine, endpoint_id: str, grace: timedelta = DEFAULT_ROTATION_GRACE
+) -> str | None:
+    """Add a new secret; older live ones keep verifying for ``grace``. None if no live endpoint."""
+    with engine.begin() as conn:
+        live = conn.execute(
+            select(webhook_endpoints.c.endpoint_id)
+            .where(
+                webhook_endpoints.c.endpoint_id == endpoint_id,
+                webhook_endpoints.c.revoked_at.is_(None),
+            )
+            .with_for_update()
+        ).first()
+        if live is None:
+            return None
+        conn.execute(
+            update(webhook_secrets)
+            .where(
+                webhook_secrets.c.endpoint_id == endpoint_id,
+                or_(
+                    webhook_secrets.c.expires_at.is_(None),
+                    webhook_secrets.c.expires_at > func.now() + grace,
+                ),
+            )
+            .values(expires_at=func.now() + grace)
+        )
+        return _add_secret(conn, endpoint_id)
+
+
+def revoke_endpoint(engine: Engine, endpoint_id: str) -> bool:
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(webhook_endpoints)
+            .where(
+                webhook_endpoints.c.endpoint_id == endpoint_id,
+                webhook_endpoints.c.revoked_at.is_(None),
+            )
+            .values(revoked_at=func.now())
+        )
+    return done.rowcount > 0
+
+
+def list_endpoints(engine: Engine, user_id: str | None = None) -> list[EndpointInfo]:
+    live_secrets = (
+        select(func.count())
+        .where(
+            webhook_secrets.c.endpoint_id == webhook_endpoints.c.endpoint_id,
+            or_(webhook_secrets.c.expires_at.is_(None), webhook_secrets.c.expires_at > func.now()),
+        )
+        .scalar_subquery()
+    )
+    query = select(
+        webhook_endpoints.c.endpoint_id,
+        webhook_endpoints.c.user_id,
+        webhook_endpoints.c.created_at,
+        webhook_endpoints.c.revoked_at,
+        live_secrets.label("live_secrets"),
+    ).order_by(webhook_endpoints.c.created_at)
+    if user_id is not None:
+        query = query.where(webhook_endpoints.c.user_id == user_id)
+    with engine.connect() as conn:
+        return [EndpointInfo(**row) for row in conn.execute(query).mappings()]
+
+
+class WebhookVerifier:
+    """Verifies a delivery against its endpoint's live secrets; returns the endpoint's user.
+
+    Endpoints and secrets are cached for ``ttl`` seconds (rotation and revocation take
+    effect within it) and, like API keys, keep their last known state while
+    PostgreSQL is unreachable.
+    """
+
+    def __init__(self, engine: Engine, *, ttl: float, max_entries: int = 10_000) -> None:
+        self._engine = engine
+        self._cache: TTLCache[str, tuple[str, list[Webhook]] | None] | None = (
+            TTLCache(maxsize=max_entries, ttl=ttl) if ttl > 0 else None
+        )
+        self._last_known: LRUCache[str, tuple[str, list[Webhook]] | None] = LRUCache(max_entries)
+        self._lock = threading.Lock()
+
+    def user_for(self, endpoint_id: str, body: bytes, headers: dict[str, str]) -> str:
+        """The endpoint's user if ``body`` and ``headers`` carry a valid, fresh signature."""
+        endpoint = self._endpoint(endpoint_id)
+        if endpoint is None:
+            raise WebhookRejected("unknown endpoint")
+        user_id, verifiers = endpoint
+        for verifier in verifiers:
+            try:
+                verifier.verify(body, headers, json_parse=False)
+                return user_id
+            except (WebhookVerificationError, ValueError, binascii.Error, UnicodeDecodeError):
+                continue
+        raise WebhookRejected("no valid signature")
+
+    def _endpoint(self, endpoint_id: str) -> tuple[str, list[Webhook]] | None:
+        if not endpoint_id.startswith(ENDPOINT_PREFIX) or len(endpoint_id) > 40:
+            return None
+        with self._lock:
+            if self._cache is not None and endpoint_id in self._cache:
+                return self._cache[endpoint_id]
+        try:
+            found = self._lookup(endpoint_id)
+        except OperationalError:
+            with self._lock:
+                if endpoint_id in self._last_known:
+                    return self._last_known[endpoint_id]
+            raise
+        with self._lock:
+            if self._cache is not None:
+                self._cache[endpoint_id] = found
+            self._last_known[endpoint_id] = found
+        return found
+
+    def _lookup(self, endpoint_id: str) -> tuple[str, list[Webhook]] | None:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(webhook_endpoints.c.user_id, webhook_secrets.c.secret)
+                .join(webhook_secrets)
+                .where(
+                    webhook_endpoints.c.endpoint_id == endpoint_id,
+                    webhook_endpoints.c.revoked_at.is_(None),
+                    or_(
+                        webhook_secrets.c.expires_at.is_(None),
+                        webhook_secrets.c.expires_at > func.now(),
+                    ),
+                )
+                .order_by(webhook_secrets.c.created_at.desc())
+            ).all()
+        if not rows:
+            return None
+        return str(rows[0].user_id), [Webhook(row.secret) for row in rows]

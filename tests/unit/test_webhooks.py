@@ -1,0 +1,94 @@
+"""Signed webhook deliveries (Standard Webhooks) on POST /io/contacts/webhooks/<endpoint>."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.unit.harness import WEBHOOK_ENDPOINT, Harness, make_harness, signed
+
+URL = f"/io/contacts/webhooks/{WEBHOOK_ENDPOINT}"
+BODY = b'{"email": "hook@example.com", "firstName": "Hook"}'
+
+
+@pytest.fixture
+def gw() -> Harness:
+    return make_harness()
+
+
+def deliver(gw: Harness, body: bytes, headers: dict[str, str], url: str = URL) -> object:
+    return gw.client.simulate_post(url, body=body, headers=headers)
+
+
+def test_a_signed_delivery_is_enqueued_for_the_endpoints_user(gw: Harness) -> None:
+    answer = gw.client.simulate_post(URL, body=BODY, headers=signed(BODY))
+    assert answer.status_code == 202
+    [job] = gw.published
+    assert (job.user_id, job.body) == ("alice", {"email": "hook@example.com", "firstName": "Hook"})
+    assert answer.headers["Location"] == f"/io/contacts/jobs/{job.job_id}"
+
+
+def test_a_retried_delivery_with_the_same_webhook_id_makes_no_second_job(gw: Harness) -> None:
+    first = gw.client.simulate_post(URL, body=BODY, headers=signed(BODY, msg_id="msg_r"))
+    retry = gw.client.simulate_post(URL, body=BODY, headers=signed(BODY, msg_id="msg_r"))
+    assert retry.json == first.json
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert len(gw.published) == 1
+
+
+def test_a_webhook_id_and_a_client_key_with_the_same_text_do_not_collide(gw: Harness) -> None:
+    gw.client.simulate_post(URL, body=BODY, headers=signed(BODY, msg_id="same"))
+    other = gw.post({"email": "other@example.com"}, headers={"Idempotency-Key": "same"})
+    assert other.status_code == 202
+    assert len(gw.published) == 2
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(
+            signed(BODY, secret="whsec_" + base64.b64encode(b"w" * 32).decode()), id="wrong-secret"
+        ),
+        pytest.param(signed(BODY, at=datetime.now(UTC) - timedelta(minutes=6)), id="stale"),
+        pytest.param(signed(BODY, at=datetime.now(UTC) + timedelta(minutes=6)), id="future"),
+        pytest.param(signed(b'{"email": "other@example.com"}'), id="other-body"),
+        pytest.param({"Content-Type": "application/json"}, id="unsigned"),
+        pytest.param({**signed(BODY), "webhook-signature": "v1,!!!not-base64"}, id="garbage"),
+        pytest.param({**signed(BODY), "webhook-signature": "nonsense"}, id="malformed"),
+        pytest.param({**signed(BODY), "webhook-timestamp": "soon"}, id="bad-timestamp"),
+    ],
+)
+def test_bad_or_stale_signatures_are_401_and_enqueue_nothing(
+    gw: Harness, headers: dict[str, str]
+) -> None:
+    answer = gw.client.simulate_post(URL, body=BODY, headers=headers)
+    assert answer.status_code == 401
+    assert answer.json == {"error": "A valid webhook signature is required"}
+    assert gw.published == []
+
+
+def test_an_unknown_endpoint_is_401(gw: Harness) -> None:
+    answer = gw.client.simulate_post(
+        "/io/contacts/webhooks/whk_nobody", body=BODY, headers=signed(BODY)
+    )
+    assert answer.status_code == 401
+
+
+def test_several_signatures_verify_when_one_matches(gw: Harness) -> None:
+    headers = signed(BODY)
+    headers["webhook-signature"] = "v1,AAAA " + headers["webhook-signature"]
+    assert gw.client.simulate_post(URL, body=BODY, headers=headers).status_code == 202
+
+
+def test_a_signed_but_invalid_contact_is_a_400_like_any_other(gw: Harness) -> None:
+    body = b'{"email": "nope"}'
+    answer = gw.client.simulate_post(URL, body=body, headers=signed(body))
+    assert answer.status_code == 400
+    assert answer.json["error"] == "A valid email is required"
+
+
+def test_upsert_is_chosen_in_the_endpoints_url(gw: Harness) -> None:
+    answer = gw.client.simulate_post(URL, body=BODY, headers=signed(BODY), params={"upsert": "1"})
+    assert answer.json["data"]["operation"] == "upsert"
