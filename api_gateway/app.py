@@ -27,6 +27,7 @@ from api_gateway.resources import (
     ReadyResource,
     WebhookResource,
 )
+from api_gateway.waiting import CompletionListener
 from contacts_ingest.jobs import JobBoard, JobPublisher
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import FinalJobReader
@@ -48,6 +49,8 @@ class GatewayDeps:
     readiness: Mapping[str, Callable[[], Any]]
     # Webhook delivery -> the endpoint's user, or raises WebhookRejected.
     user_for_delivery: DeliveryVerifier
+    # Wakes requests that asked to wait (Prefer: wait=N); None answers them 202 at once.
+    completions: CompletionListener | None = None
 
 
 def _dumps(value: Any) -> bytes:
@@ -109,7 +112,7 @@ def create_app(
     app.add_error_handler(kombu.exceptions.OperationalError, _unavailable)
     app.add_error_handler(SQLAlchemyError, _unavailable)
 
-    intake = ContactIntake(settings, deps.board, deps.publish)
+    intake = ContactIntake(settings, deps.board, deps.publish, deps.final_job, deps.completions)
     app.add_route("/io/contacts/contacts", ContactsResource(intake))
     app.add_route(
         "/io/contacts/webhooks/{endpoint_id}", WebhookResource(intake, deps.user_for_delivery)

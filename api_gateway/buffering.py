@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+
+# The environ key of a context manager under which a request waits outside the gate
+# (for ``Prefer: wait``), so a waiting request does not hold back working ones.
+STEP_OUT = "contacts_ingest.step_out"
 
 
 class BufferedBodies:
@@ -38,6 +44,7 @@ class BufferedBodies:
         to_read = self._bytes_to_read(environ)
         if to_read:
             environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(to_read))
+        environ[STEP_OUT] = self._step_out
         with self._gate:
             body: Any = self._app(environ, start_response)
             # Falcon answers with a list; anything lazier is drained inside the gate.
@@ -51,3 +58,11 @@ class BufferedBodies:
         if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             return self._max_body + 1
         return 0
+
+    @contextmanager
+    def _step_out(self) -> Iterator[None]:
+        self._gate.release()
+        try:
+            yield
+        finally:
+            self._gate.acquire()

@@ -26,6 +26,17 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
     return answer
 
 
+def _synchronous(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {
+            "Preference-Applied": {"description": "`wait=N`.", "schema": {"type": "string"}},
+            "Location": {"description": "/io/contacts/jobs/<job_id>", "schema": {"type": "string"}},
+        },
+        "content": _json("ContactAnswer"),
+    }
+
+
 _NULLABLE_STRING = {"type": ["string", "null"]}
 _TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2026-06-11T12:00:00Z"]}
 _RATE_HEADERS = {
@@ -91,6 +102,11 @@ def _schemas() -> dict[str, Any]:
                     ],
                 },
             },
+        },
+        "ContactAnswer": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {"$ref": "#/components/schemas/Contact"}},
         },
         "JobAccepted": {
             "type": "object",
@@ -222,9 +238,23 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             ),
                             "schema": {"type": "string", "minLength": 1, "maxLength": 257},
                         },
+                        {
+                            "name": "Prefer",
+                            "in": "header",
+                            "required": False,
+                            "description": (
+                                "`wait=N` (RFC 7240, N at most 10): hold the request until the"
+                                " job is final and answer as the synchronous API would (201 or"
+                                " 200 with the contact, 400 or 409 with the error, plus"
+                                " `Preference-Applied`); not final within N seconds: 202."
+                            ),
+                            "schema": {"type": "string"},
+                        },
                     ],
                     "requestBody": {"required": True, "content": _json("ContactRequest")},
                     "responses": {
+                        "200": _synchronous("Prefer: wait, and an upsert updated the contact."),
+                        "201": _synchronous("Prefer: wait, and the contact was created."),
                         "202": {
                             "description": "Accepted and queued.",
                             "headers": {
@@ -246,8 +276,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "401": unauthorized,
                         "409": _error(
                             "The request holding this Idempotency-Key is still being accepted"
-                            " (type /problems/idempotency-key-in-use); retry shortly.",
-                            _RETRY_AFTER,
+                            " (type /problems/idempotency-key-in-use, with Retry-After); retry"
+                            " shortly. Or, with Prefer: wait, the job's outcome: a contact"
+                            " with this email already exists (no type)."
                         ),
                         "422": _error(
                             "This Idempotency-Key was used for a different request"

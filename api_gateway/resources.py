@@ -6,12 +6,16 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import falcon
 import orjson
+import redis
 
+from api_gateway.buffering import STEP_OUT
+from api_gateway.waiting import CompletionListener, preferred_wait
 from contacts_ingest.contact import ContactInvalid, FieldError, parse_contact
 from contacts_ingest.jobs import (
     ContactJob,
@@ -130,9 +134,18 @@ class ContactIntake:
     """Validate, count against the quota, enqueue: what every write route does once it
     knows the user."""
 
-    def __init__(self, settings: Settings, board: JobBoard, publish: JobPublisher) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        board: JobBoard,
+        publish: JobPublisher,
+        final_job: FinalJobReader,
+        completions: CompletionListener | None,
+    ) -> None:
         self._board = board
         self._publish = publish
+        self._final_job = final_job
+        self._completions = completions
         self._limit = (settings.rate_limit_writes, settings.rate_limit_window_seconds)
         self._limit_message = settings.rate_limit_message
         self._policy = (
@@ -175,8 +188,8 @@ class ContactIntake:
             idempotency=idempotency,
         )
         if admission.idempotency == "replay" and admission.original is not None:
-            self._accepted(resp, *admission.original)
             resp.set_header("Idempotent-Replayed", "true")
+            self._answer(req, resp, *admission.original)
             return
         if admission.idempotency == "in_progress":
             raise IdempotencyProblem(
@@ -223,13 +236,51 @@ class ContactIntake:
             "job accepted",
             extra={"job_id": job_id, "request_id": job.request_id, "operation": operation},
         )
-        self._accepted(resp, job_id, operation)
+        self._answer(req, resp, job_id, operation)
 
-    @staticmethod
-    def _accepted(resp: falcon.Response, job_id: str, operation: str) -> None:
-        resp.status = falcon.HTTP_202
+    def _answer(
+        self, req: falcon.Request, resp: falcon.Response, job_id: str, operation: str
+    ) -> None:
+        """202 with the job; or, asked to wait (``Prefer: wait=N``), the job's own outcome
+        if it is final within N seconds, as the synchronous API would answer."""
         resp.location = f"/io/contacts/jobs/{job_id}"
-        resp.media = {"data": {"job_id": job_id, "status": "queued", "operation": operation}}
+        wait = preferred_wait(req.get_header("Prefer"))
+        final = self._await_final(req, job_id, wait) if wait and self._completions else None
+        if final is None:
+            resp.status = falcon.HTTP_202
+            resp.media = {"data": {"job_id": job_id, "status": "queued", "operation": operation}}
+            return
+        resp.set_header("Preference-Applied", f"wait={wait}")
+        resp.status = falcon.code_to_http_status(final["code"])
+        if final["status"] == "succeeded":
+            resp.media = {"data": final["result"]["data"]}
+        else:
+            error = final["error"]
+            resp.media = {"error": error["message"]}
+            if error.get("errors"):
+                resp.media["errors"] = error["errors"]
+
+    def _await_final(self, req: falcon.Request, job_id: str, seconds: int) -> Any:
+        """The job's final row once it exists, within ``seconds``; None after that.
+
+        Reads PostgreSQL at most twice: once after subscribing (the job may already be
+        final) and once when the worker's completion message arrives.
+        """
+        assert self._completions is not None
+        try:
+            done = self._completions.register(job_id)
+        except redis.RedisError:
+            return None  # no subscription: answer 202 as without the preference
+        try:
+            self._board.watch(job_id)
+            final = self._final_job(job_id)
+            if final is None:
+                with req.env.get(STEP_OUT, nullcontext)():
+                    done.wait(seconds)
+                final = self._final_job(job_id)
+            return final
+        finally:
+            self._completions.unregister(job_id)
 
     @staticmethod
     def _operation(req: falcon.Request) -> Operation:

@@ -12,6 +12,7 @@ import redis
 from api_gateway.app import GatewayDeps, create_app
 from api_gateway.buffering import BufferedBodies
 from api_gateway.resources import MAX_BODY_BYTES
+from api_gateway.waiting import CompletionListener
 from contacts_ingest.database import make_engine
 from contacts_ingest.jobs import JobBoard
 from contacts_ingest.keys import KeyResolver
@@ -48,6 +49,13 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
         final_job=lambda job_id: read_final_job(engine, job_id),
         readiness={"redis": client.ping, "postgres": postgres_ready},
         user_for_delivery=WebhookVerifier(engine, ttl=settings.key_cache_ttl_seconds).user_for,
+        # Its own connection, without a read timeout: it mostly waits for messages.
+        completions=CompletionListener(
+            redis.Redis.from_url(
+                settings.redis_url, socket_connect_timeout=2, health_check_interval=30
+            ),
+            board.completion_pattern(),
+        ),
     )
     return BufferedBodies(
         create_app(settings, deps),

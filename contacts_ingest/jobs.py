@@ -196,6 +196,20 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
 
+# Drops a job's record once its final row committed, and tells a waiting client.
+# KEYS: job record key, completion channel.
+_FORGET_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'waiter') then redis.call('PUBLISH', KEYS[2], '1') end
+return redis.call('DEL', KEYS[1])
+"""
+
+# Asks for a completion message when the job's record is dropped; 0 if it already was.
+_WATCH_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'waiter', '1')
+return 1
+"""
+
 # Frees an Idempotency-Key reserved for a job that was never published.
 _RELEASE_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'job_id') == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -229,6 +243,8 @@ class JobBoard:
         self._start = client.register_script(_START_SCRIPT)
         self._settle = client.register_script(_SETTLE_SCRIPT)
         self._release = client.register_script(_RELEASE_SCRIPT)
+        self._forget = client.register_script(_FORGET_SCRIPT)
+        self._watch = client.register_script(_WATCH_SCRIPT)
 
     @classmethod
     def for_settings(cls, client: redis.Redis, settings: Settings) -> JobBoard:
@@ -308,9 +324,26 @@ class JobBoard:
         """Mark the job as processing; return the attempt number (0 if it has no record)."""
         return int(self._start(keys=[self.record_key(job_id)]))
 
+    def completion_channel(self, job_id: str) -> str:
+        return f"{self._prefix}done:{job_id}"
+
+    def completion_pattern(self) -> str:
+        return f"{self._prefix}done:*"
+
     def forget(self, job_id: str) -> None:
-        """Drop the record: the job's final row has committed, or it was never published."""
-        self._redis.delete(self.record_key(job_id))
+        """Drop the record: the job's final row has committed, or it was never published.
+
+        A client waiting on the job (``watch``) is told on its completion channel.
+        """
+        self._forget(keys=[self.record_key(job_id), self.completion_channel(job_id)])
+
+    def watch(self, job_id: str) -> bool:
+        """Ask to be told on the completion channel when the job is final.
+
+        False if its record is already gone (it is final, or unknown): read the status
+        row instead.
+        """
+        return bool(self._watch(keys=[self.record_key(job_id)]))
 
     def pending(self, job_id: str) -> dict[str, str] | None:
         """The record of a job that is not final yet, or None."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -67,9 +68,43 @@ class Harness:
         )
 
 
+class InstantWorker:
+    """Stands in for the worker and the completion subscription: a published job is
+    final at once with the given outcome, and a waiting request is woken at once."""
+
+    def __init__(self, final_rows: dict[str, dict[str, Any]], code: int, data: Any) -> None:
+        self._final_rows = final_rows
+        self._code = code
+        self._data = data
+
+    def publish(self, job: ContactJob) -> None:
+        ok = self._code < 400
+        self._final_rows[job.job_id] = {
+            "job_id": job.job_id, "user_id": job.user_id, "operation": job.operation,
+            "status": "succeeded" if ok else "failed", "code": self._code,
+            "result": {"code": self._code, "data": self._data} if ok else None,
+            "error": None if ok else {"code": self._code, "message": self._data},
+            "accepted_at": datetime.now(UTC), "finished_at": datetime.now(UTC),
+        }  # fmt: skip
+
+    def register(self, job_id: str) -> threading.Event:
+        done = threading.Event()
+        done.set()
+        return done
+
+    def unregister(self, job_id: str) -> None:
+        pass
+
+
 def make_harness(
-    *, limit: int = 200, ready: bool = True, publish: JobPublisher | None = None
+    *,
+    limit: int = 200,
+    ready: bool = True,
+    publish: JobPublisher | None = None,
+    outcome: tuple[int, Any] | None = None,
 ) -> Harness:
+    """An in-process gateway; with ``outcome`` (code, contact or message) every job is
+    final at once with it, as if a worker had been instant (for ``Prefer: wait``)."""
     server = fakeredis.FakeServer()
     board = JobBoard(fakeredis.FakeRedis(server=server), key_prefix="t:", record_ttl_seconds=3600)
     published: list[ContactJob] = []
@@ -78,13 +113,16 @@ def make_harness(
     def down() -> None:
         raise ConnectionError("down")
 
+    worker = InstantWorker(final_rows, *outcome) if outcome else None
+
     deps = GatewayDeps(
         user_for_key=KEYS.get,
         board=board,
-        publish=publish or published.append,
+        publish=publish or (worker.publish if worker else published.append),
         final_job=lambda job_id: final_rows.get(job_id),  # type: ignore[arg-type, return-value]
         readiness={"redis": lambda: None, "postgres": (lambda: None) if ready else down},
         user_for_delivery=alices_webhook,
+        completions=worker,  # type: ignore[arg-type]
     )
     app = create_app(Settings(rate_limit_writes=limit, rate_limit_window_seconds=60), deps)
     return Harness(falcon.testing.TestClient(app), published, final_rows, server)

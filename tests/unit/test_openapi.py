@@ -110,6 +110,16 @@ def _idempotency_reused() -> Result:
 
 
 HOOK = "/io/contacts/webhooks/{endpoint_id}"
+WAIT = {"Prefer": "wait=5"}
+
+
+def _waited(code: int, webhook: bool = False) -> Result:
+    """A request that asked to wait, against a worker that is instant."""
+    gw = make_harness(outcome=(code, _final_row("job_x")["result"]["data"]))
+    if webhook:
+        return _deliver(gw, b'{"email": "bob@example.com"}', headers={
+            **signed(b'{"email": "bob@example.com"}'), **WAIT})  # fmt: skip
+    return _post(gw, {"email": "bob@example.com"}, headers={**ALICE, **JSON, **WAIT})
 
 
 def _deliver(gw: Harness, body: bytes, msg_id: str = "m", **kw: Any) -> Result:
@@ -135,6 +145,8 @@ def _delivery_reused() -> Result:
 
 
 WEBHOOK_SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
+    ("post", HOOK, "200"): lambda: _waited(200, webhook=True),
+    ("post", HOOK, "201"): lambda: _waited(201, webhook=True),
     ("post", HOOK, "202"): lambda: _deliver(make_harness(), b'{"email": "a@example.com"}'),
     ("post", HOOK, "400"): lambda: _deliver(make_harness(), b'{"email": "x"}'),
     ("post", HOOK, "401"): lambda: _deliver(
@@ -159,6 +171,8 @@ WEBHOOK_SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
 
 SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
     **WEBHOOK_SCENARIOS,
+    ("post", "/io/contacts/contacts", "200"): lambda: _waited(200),
+    ("post", "/io/contacts/contacts", "201"): lambda: _waited(201),
     ("post", "/io/contacts/contacts", "409"): _idempotency_in_use,
     ("post", "/io/contacts/contacts", "422"): _idempotency_reused,
     ("post", "/io/contacts/contacts", "202"): lambda: _post(

@@ -1,0 +1,92 @@
+"""``Prefer: wait=N``: hold a request until its job is final, without polling.
+
+One Redis subscription per gateway process (a pattern over the completion channels)
+feeds every waiting request: a worker publishes on a job's channel right after the
+job's final row committed, and only when someone asked to wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+
+import redis
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 10
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,6})\"?(?=$|[,;\s])", re.IGNORECASE)
+
+
+def preferred_wait(prefer: str | None) -> int | None:
+    """The ``wait`` preference of a Prefer header (RFC 7240), capped at 10 s; None if absent."""
+    if not prefer:
+        return None
+    match = _PREFER_WAIT.search(prefer)
+    if match is None:
+        return None
+    return min(int(match.group(1)), MAX_WAIT_SECONDS)
+
+
+class CompletionListener:
+    """Wakes the threads waiting for particular jobs when their completion arrives."""
+
+    def __init__(self, client: redis.Redis, pattern: str) -> None:
+        self._client = client
+        self._pattern = pattern
+        self._prefix = pattern.rstrip("*")
+        self._waiters: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def register(self, job_id: str) -> threading.Event:
+        """Start listening for ``job_id``; call before asking for its completion message."""
+        self._ensure_running()
+        event = threading.Event()
+        with self._lock:
+            self._waiters[job_id] = event
+        return event
+
+    def unregister(self, job_id: str) -> None:
+        with self._lock:
+            self._waiters.pop(job_id, None)
+
+    def _ensure_running(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._ready.clear()
+                self._thread = threading.Thread(
+                    target=self._listen, name="completion-listener", daemon=True
+                )
+                self._thread.start()
+        if not self._ready.wait(2):
+            raise redis.ConnectionError("cannot subscribe to job completions")
+
+    def _listen(self) -> None:
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.psubscribe(self._pattern)
+                for message in pubsub.listen():
+                    if message["type"] == "psubscribe":
+                        self._ready.set()
+                    elif message["type"] == "pmessage":
+                        self._wake(message["channel"])
+            except redis.RedisError as exc:
+                # Waiters fall back to their timeout; subscribe again once Redis is back.
+                self._ready.clear()
+                log.warning("completion subscription lost: %s", type(exc).__name__)
+                time.sleep(0.5)
+            finally:
+                pubsub.close()
+
+    def _wake(self, channel: bytes | str) -> None:
+        name = channel.decode() if isinstance(channel, bytes) else channel
+        job_id = name[len(self._prefix) :]
+        with self._lock:
+            event = self._waiters.get(job_id)
+        if event is not None:
+            event.set()
