@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -45,25 +46,24 @@ def test_a_webhook_id_and_a_client_key_with_the_same_text_do_not_collide(gw: Har
     assert len(gw.published) == 2
 
 
-@pytest.mark.parametrize(
-    "headers",
-    [
-        pytest.param(
-            signed(BODY, secret="whsec_" + base64.b64encode(b"w" * 32).decode()), id="wrong-secret"
-        ),
-        pytest.param(signed(BODY, at=datetime.now(UTC) - timedelta(minutes=6)), id="stale"),
-        pytest.param(signed(BODY, at=datetime.now(UTC) + timedelta(minutes=6)), id="future"),
-        pytest.param(signed(b'{"email": "other@example.com"}'), id="other-body"),
-        pytest.param({"Content-Type": "application/json"}, id="unsigned"),
-        pytest.param({**signed(BODY), "webhook-signature": "v1,!!!not-base64"}, id="garbage"),
-        pytest.param({**signed(BODY), "webhook-signature": "nonsense"}, id="malformed"),
-        pytest.param({**signed(BODY), "webhook-timestamp": "soon"}, id="bad-timestamp"),
-    ],
-)
-def test_bad_or_stale_signatures_are_401_and_enqueue_nothing(
-    gw: Harness, headers: dict[str, str]
-) -> None:
-    answer = gw.client.simulate_post(URL, body=BODY, headers=headers)
+OTHER_SECRET = "whsec_" + base64.b64encode(b"w" * 32).decode()
+
+# Built when the test runs, not at collection: timestamps must be relative to then.
+BAD_HEADERS: dict[str, Callable[[], dict[str, str]]] = {
+    "wrong-secret": lambda: signed(BODY, secret=OTHER_SECRET),
+    "stale": lambda: signed(BODY, at=datetime.now(UTC) - timedelta(minutes=6)),
+    "future": lambda: signed(BODY, at=datetime.now(UTC) + timedelta(minutes=6)),
+    "other-body": lambda: signed(b'{"email": "other@example.com"}'),
+    "unsigned": lambda: {"Content-Type": "application/json"},
+    "garbage": lambda: {**signed(BODY), "webhook-signature": "v1,!!!not-base64"},
+    "malformed": lambda: {**signed(BODY), "webhook-signature": "nonsense"},
+    "bad-timestamp": lambda: {**signed(BODY), "webhook-timestamp": "soon"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HEADERS))
+def test_bad_or_stale_signatures_are_401_and_enqueue_nothing(gw: Harness, case: str) -> None:
+    answer = gw.client.simulate_post(URL, body=BODY, headers=BAD_HEADERS[case]())
     assert answer.status_code == 401
     assert answer.json == {"error": "A valid webhook signature is required"}
     assert gw.published == []
