@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api_gateway.middleware import AuthMiddleware, RequestIdMiddleware
 from api_gateway.openapi import openapi_document
 from api_gateway.resources import (
+    BatchResource,
     ContactIntake,
     ContactsResource,
     DeliveryVerifier,
@@ -114,6 +115,7 @@ def create_app(
 
     intake = ContactIntake(settings, deps.board, deps.publish, deps.final_job, deps.completions)
     app.add_route("/io/contacts/contacts", ContactsResource(intake))
+    app.add_route("/io/contacts/contacts/batch", BatchResource(intake))
     app.add_route(
         "/io/contacts/webhooks/{endpoint_id}", WebhookResource(intake, deps.user_for_delivery)
     )

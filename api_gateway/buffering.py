@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ STEP_OUT = "contacts_ingest.step_out"
 
 
 class BufferedBodies:
-    """Wraps a WSGI app: read bodies up to ``max_body + 1`` bytes, then run at most
+    """Wraps a WSGI app: read bodies up to ``max_body(path) + 1`` bytes, then run at most
     ``active`` requests at once.
 
     A body declared larger than ``max_body`` is not read at all: the application
@@ -35,7 +35,9 @@ class BufferedBodies:
     that it is too large.
     """
 
-    def __init__(self, app: WSGIApplication, *, max_body: int, active: int) -> None:
+    def __init__(
+        self, app: WSGIApplication, *, max_body: Callable[[str], int], active: int
+    ) -> None:
         self._app = app
         self._max_body = max_body
         self._gate = threading.BoundedSemaphore(active)
@@ -51,12 +53,13 @@ class BufferedBodies:
             return body if isinstance(body, list) else list(body)
 
     def _bytes_to_read(self, environ: WSGIEnvironment) -> int:
+        limit = self._max_body(environ.get("PATH_INFO", ""))
         length = environ.get("CONTENT_LENGTH") or ""
         if length.isdigit():
             declared = int(length)
-            return declared if declared <= self._max_body else 0
+            return declared if declared <= limit else 0
         if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-            return self._max_body + 1
+            return limit + 1
         return 0
 
     @contextmanager

@@ -103,6 +103,56 @@ def _schemas() -> dict[str, Any]:
                 },
             },
         },
+        "BatchRequest": {
+            "type": "object",
+            "required": ["contacts"],
+            "properties": {
+                "contacts": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1000,
+                    "description": "Each item is a contact as POST /io/contacts/contacts takes"
+                    " it; each is validated on its own and reported in the job's items.",
+                    "items": {},
+                }
+            },
+        },
+        "BatchCounts": {
+            "type": "object",
+            "required": ["created", "updated", "failed"],
+            "properties": {
+                name: {"type": "integer", "minimum": 0} for name in ("created", "updated", "failed")
+            },
+        },
+        "BatchItem": {
+            "type": "object",
+            "required": ["index", "code"],
+            "properties": {
+                "index": {"type": "integer", "minimum": 0},
+                "code": {"enum": [200, 201, 400, 409]},
+                "id": {"type": "string"},
+                "email": {"type": "string"},
+                "error": {"type": "string"},
+                "errors": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
+            },
+        },
+        "BatchAnswer": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "data": {
+                    "type": "object",
+                    "required": ["counts", "items"],
+                    "properties": {
+                        "counts": {"$ref": "#/components/schemas/BatchCounts"},
+                        "items": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/BatchItem"},
+                        },
+                    },
+                }
+            },
+        },
         "ContactAnswer": {
             "type": "object",
             "required": ["data"],
@@ -152,6 +202,19 @@ def _schemas() -> dict[str, Any]:
                                     "properties": {
                                         "code": {"enum": [200, 201]},
                                         "data": {"$ref": "#/components/schemas/Contact"},
+                                    },
+                                },
+                                {
+                                    "type": "object",
+                                    "description": "A batch job's outcome.",
+                                    "required": ["code", "counts", "items"],
+                                    "properties": {
+                                        "code": {"const": 200},
+                                        "counts": {"$ref": "#/components/schemas/BatchCounts"},
+                                        "items": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/BatchItem"},
+                                        },
                                     },
                                 },
                                 {"type": "null"},
@@ -346,7 +409,34 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     document["paths"]["/io/contacts/webhooks/{endpoint_id}"] = {
         "post": _webhook_operation(document)
     }
+    document["paths"]["/io/contacts/contacts/batch"] = {
+        "post": _batch_operation(document, settings)
+    }
     return document
+
+
+def _batch_operation(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The contacts POST for up to 1,000 contacts at once, as one job."""
+    operation: dict[str, Any] = copy.deepcopy(document["paths"]["/io/contacts/contacts"]["post"])
+    responses = operation["responses"]
+    del responses["201"]
+    responses["200"] = {
+        **responses["200"],
+        "description": "Prefer: wait, and the batch is done: counts and per-item results.",
+        "content": _json("BatchAnswer"),
+    }
+    responses["413"] = _error("Body over 10 MiB.")
+    responses["400"] = _error(
+        "The batch itself is malformed (not an object, or contacts not an array of 1 to"
+        " 1,000); a bad contact inside is reported in the job's items instead."
+    )
+    responses["429"] = _error(settings.batch_rate_limit_message, {**_RATE_HEADERS, **_RETRY_AFTER})
+    operation.update(
+        operationId="createContactsBatch",
+        summary="Create (or upsert, ?upsert=1) up to 1,000 contacts as one job",
+        requestBody={"required": True, "content": _json("BatchRequest")},
+    )
+    return operation
 
 
 def _webhook_operation(document: dict[str, Any]) -> dict[str, Any]:

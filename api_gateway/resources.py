@@ -16,7 +16,7 @@ import redis
 
 from api_gateway.buffering import STEP_OUT
 from api_gateway.waiting import CompletionListener, preferred_wait
-from contacts_ingest.contact import ContactInvalid, FieldError, parse_contact
+from contacts_ingest.contact import ContactInvalid, FieldError, parse_batch, parse_contact
 from contacts_ingest.jobs import (
     ContactJob,
     Idempotency,
@@ -35,6 +35,23 @@ DeliveryVerifier = Callable[[str, bytes, dict[str, str]], str]
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_BATCH_BODY_BYTES = 10 * 1024 * 1024
+BATCH_PATH = "/io/contacts/contacts/batch"
+
+
+def max_body_bytes(path: str) -> int:
+    """The body limit of a route: 64 KiB, but 10 MiB for a batch."""
+    return MAX_BATCH_BODY_BYTES if path.rstrip("/") == BATCH_PATH else MAX_BODY_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class _Quota:
+    name: str
+    limit: int
+    window: int
+    message: str
+
+
 _UPSERT_FLAGS: dict[str, Operation] = {
     "1": "upsert",
     "true": "upsert",
@@ -85,17 +102,19 @@ def _is_json(content_type: str | None) -> bool:
     )
 
 
-def _read_body(req: falcon.Request) -> bytes:
+def _read_body(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The raw JSON body, or the 4xx the reference and the contract prescribe."""
     if not _is_json(req.content_type):
         raise falcon.HTTPUnsupportedMediaType(description="Content-Type must be application/json")
-    if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
-        raise falcon.HTTPContentTooLarge(description="Request body must be 64 KiB or smaller")
+    size = f"{limit >> 20} MiB" if limit >= 2**20 else f"{limit >> 10} KiB"
+    too_large = f"Request body must be {size} or smaller"
+    if req.content_length is not None and req.content_length > limit:
+        raise falcon.HTTPContentTooLarge(description=too_large)
     # Without Content-Length (chunked), read the raw stream, still never past the limit.
     stream = req.bounded_stream if req.content_length is not None else req.stream
-    raw: bytes = stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise falcon.HTTPContentTooLarge(description="Request body must be 64 KiB or smaller")
+    raw: bytes = stream.read(limit + 1)
+    if len(raw) > limit:
+        raise falcon.HTTPContentTooLarge(description=too_large)
     return raw
 
 
@@ -146,11 +165,16 @@ class ContactIntake:
         self._publish = publish
         self._final_job = final_job
         self._completions = completions
-        self._limit = (settings.rate_limit_writes, settings.rate_limit_window_seconds)
-        self._limit_message = settings.rate_limit_message
-        self._policy = (
-            f'"writes";q={settings.rate_limit_writes};w={settings.rate_limit_window_seconds}'
-        )
+        self._quotas = {
+            False: _Quota(
+                "writes", settings.rate_limit_writes, settings.rate_limit_window_seconds,
+                settings.rate_limit_message,
+            ),
+            True: _Quota(
+                "batches", settings.batch_rate_limit_requests,
+                settings.batch_rate_limit_window_seconds, settings.batch_rate_limit_message,
+            ),
+        }  # fmt: skip
 
     def accept(
         self,
@@ -160,8 +184,14 @@ class ContactIntake:
         user_id: str,
         read_body: Callable[[], bytes],
         key: IdempotencyKey | None,
+        batch: bool = False,
     ) -> None:
-        """Answer 202 with a new (or, for a repeated key, the original) job, or the 4xx."""
+        """Answer 202 with a new (or, for a repeated key, the original) job, or the 4xx.
+
+        A batch (``{"contacts": [...]}``) has its own quota; its items are validated one
+        by one by the worker, so one bad contact does not refuse the others.
+        """
+        quota = self._quotas[batch]
         job_id = new_job_id()
         operation: Operation = "create"
         body: object = None
@@ -172,7 +202,7 @@ class ContactIntake:
             raw = read_body()
             idempotency = _idempotency(key, operation, raw)
             body = _decode(raw)
-            parse_contact(body)
+            parse_batch(body) if batch else parse_contact(body)
         except falcon.HTTPError as exc:
             refusal = exc
         except ContactInvalid as invalid:
@@ -184,8 +214,9 @@ class ContactIntake:
             user_id=user_id,
             member=job_id,
             job=None if refusal else (job_id, operation),
-            limit=self._limit,
+            limit=(quota.limit, quota.window),
             idempotency=idempotency,
+            quota=quota.name,
         )
         if admission.idempotency == "replay" and admission.original is not None:
             resp.set_header("Idempotent-Replayed", "true")
@@ -204,13 +235,14 @@ class ContactIntake:
                 PROBLEM_KEY_REUSED,
                 f"This {key.header if key else ''} was already used for a different request",
             )
-        resp.set_header("RateLimit-Policy", self._policy)
+        resp.set_header("RateLimit-Policy", f'"{quota.name}";q={quota.limit};w={quota.window}')
         resp.set_header(
-            "RateLimit", f'"writes";r={admission.remaining or 0};t={admission.reset_seconds}'
+            "RateLimit",
+            f'"{quota.name}";r={admission.remaining or 0};t={admission.reset_seconds}',
         )
         if not admission.allowed:
             raise falcon.HTTPTooManyRequests(
-                description=self._limit_message, retry_after=admission.reset_seconds
+                description=quota.message, retry_after=admission.reset_seconds
             )
         if refusal is not None:
             raise refusal
@@ -222,6 +254,7 @@ class ContactIntake:
             body=body,
             accepted_at_us=admission.accepted_at_us,
             request_id=req.context.request_id,
+            batch=batch,
         )
         try:
             self._publish(job)
@@ -252,7 +285,10 @@ class ContactIntake:
             return
         resp.set_header("Preference-Applied", f"wait={wait}")
         resp.status = falcon.code_to_http_status(final["code"])
-        if final["status"] == "succeeded":
+        if final["status"] == "succeeded" and "counts" in final["result"]:  # a batch
+            result = final["result"]
+            resp.media = {"data": {"counts": result["counts"], "items": result["items"]}}
+        elif final["status"] == "succeeded":
             resp.media = {"data": final["result"]["data"]}
         else:
             error = final["error"]
@@ -308,6 +344,24 @@ class ContactsResource:
             user_id=req.context.user_id,
             read_body=lambda: _read_body(req),
             key=IdempotencyKey(header) if header is not None else None,
+        )
+
+
+class BatchResource:
+    """POST /io/contacts/contacts/batch: up to 1,000 contacts as one job."""
+
+    def __init__(self, intake: ContactIntake) -> None:
+        self._intake = intake
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        header = req.get_header("Idempotency-Key")
+        self._intake.accept(
+            req,
+            resp,
+            user_id=req.context.user_id,
+            read_body=lambda: _read_body(req, MAX_BATCH_BODY_BYTES),
+            key=IdempotencyKey(header) if header is not None else None,
+            batch=True,
         )
 
 

@@ -11,7 +11,7 @@ import redis
 
 from api_gateway.app import GatewayDeps, create_app
 from api_gateway.buffering import BufferedBodies
-from api_gateway.resources import MAX_BODY_BYTES
+from api_gateway.resources import max_body_bytes
 from api_gateway.waiting import CompletionListener
 from contacts_ingest.database import make_engine
 from contacts_ingest.jobs import JobBoard
@@ -59,7 +59,7 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
     )
     return BufferedBodies(
         create_app(settings, deps),
-        max_body=MAX_BODY_BYTES,
+        max_body=max_body_bytes,
         active=settings.gateway_active_requests,
     )
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from contacts_ingest.logs import configure_logging
 from contacts_ingest.settings import Settings
+
+if TYPE_CHECKING:
+    from contacts_ingest.importer import Summary
 
 
 def _settings() -> Settings:
@@ -166,6 +171,57 @@ def keys_list(user_id: str | None) -> None:
     for info in list_keys(make_engine(_settings().database_url, pool_size=1), user_id):
         revoked = info.revoked_at.isoformat() if info.revoked_at else "-"
         click.echo(f"{info.key_id}\t{info.user_id}\t{info.created_at.isoformat()}\t{revoked}")
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--user", "user_id", required=True, help="The user the contacts belong to.")
+@click.option("--upsert", is_flag=True, help="Update contacts that exist instead of failing 409.")
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["csv", "jsonl"]),
+    default=None,
+    help="Default: from the file's extension (.csv, .jsonl, .ndjson).",
+)
+def import_contacts(file: Path, user_id: str, upsert: bool, file_format: str | None) -> None:
+    """Import a CSV or JSONL file of contacts, in batches of 1,000, and report the outcome.
+
+    CSV columns are the API's field names (email, firstName, ...); socialProfiles.<key>
+    and customFields.<key> columns fill those objects; empty cells are left out.
+    JSONL has one contact object per line.
+    """
+    from tqdm import tqdm
+
+    from contacts_ingest.importer import count_rows, format_of, import_file
+    from contacts_ingest.producer import ContactProducer
+
+    try:
+        kind = format_of(file, file_format)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="FILE") from exc
+    total = count_rows(file, kind)
+    producer = ContactProducer(_settings())
+    with tqdm(total=total, unit="rows", unit_scale=True, dynamic_ncols=True) as bar:
+
+        def progress(summary: Summary) -> None:
+            bar.update(summary.done - bar.n)
+            bar.set_postfix(created=summary.created, updated=summary.updated,
+                            failed=summary.failed, refresh=False)  # fmt: skip
+
+        summary = import_file(file, kind, producer, user_id, upsert=upsert, on_progress=progress)
+    rows = [
+        ("accepted", summary.accepted),
+        ("created", summary.created),
+        ("updated", summary.updated),
+        ("failed", summary.failed),
+    ]
+    for name, value in rows:
+        click.echo(f"{name:<9}{value:>12,}")
+    if summary.first_errors:
+        click.echo("first errors:")
+        for line, message in summary.first_errors:
+            click.echo(f"  line {line}: {message}")
 
 
 @main.group()

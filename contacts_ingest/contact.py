@@ -296,3 +296,21 @@ def parse_contact(body: object) -> ContactRequest:
                 errors.append(FieldError(field, message))
         errors.sort(key=lambda e: _FIELD_ORDER.get(e["field"].split(".")[0], -1))
         raise ContactInvalid(errors) from None
+
+
+BATCH_MAX_CONTACTS = 1000
+BATCH_SHAPE_MESSAGE = f"contacts must be an array of 1 to {BATCH_MAX_CONTACTS} contacts"
+
+
+def parse_batch(body: object) -> list[object]:
+    """The items of a batch body ``{"contacts": [...]}``; each is validated on its own
+    (``parse_contact``) so one bad contact does not sink the others.
+
+    Raises :class:`ContactInvalid` when the batch itself is malformed.
+    """
+    if not isinstance(body, dict):
+        raise ContactInvalid([FieldError("body", BODY_NOT_OBJECT_MESSAGE)])
+    items = body.get("contacts")
+    if not isinstance(items, list) or not 0 < len(items) <= BATCH_MAX_CONTACTS:
+        raise ContactInvalid([FieldError("contacts", BATCH_SHAPE_MESSAGE)])
+    return items

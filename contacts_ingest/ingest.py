@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from contacts_ingest.contact import (
     ContactRequest,
     FieldError,
     custom_fields_problem,
+    parse_batch,
     parse_contact,
 )
 from contacts_ingest.jobs import (
@@ -163,6 +164,17 @@ def _without_nulls(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _parsed(body: object) -> ContactRequest | ContactInvalid:
+    try:
+        return parse_contact(body)
+    except ContactInvalid as invalid:
+        return invalid
+
+
+# A job's final status row: status, code, result, error, contact id.
+_Applied = tuple[str, int, dict[str, Any] | None, dict[str, Any] | None, str | None]
+
+
 class ContactIngestor:
     """Applies contact jobs to PostgreSQL, each exactly once."""
 
@@ -184,10 +196,8 @@ class ContactIngestor:
             return None
         started = datetime.now(UTC)
         attempts = max(1, self._board.start(job.job_id))
-        try:
-            request: ContactRequest | ContactInvalid = parse_contact(job.body)
-        except ContactInvalid as invalid:
-            request = invalid
+        # Validation runs outside the transaction; a batch validates item by item inside.
+        request = None if job.batch else _parsed(job.body)
         with self._engine.begin() as conn:
             outcome = self._apply_once(conn, job, request, started=started, attempts=attempts)
         self._board.forget(job.job_id)
@@ -207,7 +217,7 @@ class ContactIngestor:
         self,
         conn: Connection,
         job: ContactJob,
-        request: ContactRequest | ContactInvalid,
+        request: ContactRequest | ContactInvalid | None,
         *,
         started: datetime,
         attempts: int,
@@ -226,18 +236,10 @@ class ContactIngestor:
         if done is not None:
             return Outcome.from_row(done, replayed=True)
 
-        status, code, result, error, contact_id = "failed", 400, None, None, None
-        try:
-            if isinstance(request, ContactInvalid):
-                raise _Rejected(400, request.message, request.errors)
-            if job.operation == "create":
-                row, code = self._create(conn, job, request), 201
-            else:
-                row, code = self._upsert(conn, job, request)
-            status, contact_id = "succeeded", row["id"]
-            result = {"code": code, "data": contact_document(row)}
-        except _Rejected as rejected:
-            code, error = rejected.code, _failure(rejected.code, rejected.message, rejected.errors)
+        if request is None:
+            status, code, result, error, contact_id = self._apply_batch(conn, job)
+        else:
+            status, code, result, error, contact_id = self._apply_single(conn, job, request)
 
         conn.execute(
             insert(contact_jobs).values(
@@ -257,6 +259,52 @@ class ContactIngestor:
             )
         )
         return Outcome(job.job_id, status, code, result, error)
+
+    def _apply_single(
+        self, conn: Connection, job: ContactJob, request: ContactRequest | ContactInvalid
+    ) -> _Applied:
+        try:
+            if isinstance(request, ContactInvalid):
+                raise _Rejected(400, request.message, request.errors)
+            if job.operation == "create":
+                row, code = self._create(conn, job, request), 201
+            else:
+                row, code = self._upsert(conn, job, request)
+        except _Rejected as rejected:
+            error = _failure(rejected.code, rejected.message, rejected.errors)
+            return "failed", rejected.code, None, error, None
+        return "succeeded", code, {"code": code, "data": contact_document(row)}, None, row["id"]
+
+    def _apply_batch(self, conn: Connection, job: ContactJob) -> _Applied:
+        """Each contact of the batch on its own; the job succeeds with per-item results.
+
+        Items count as accepted one microsecond apart, in order, so a later item of the
+        batch wins over an earlier one for the same contact.
+        """
+        try:
+            items = parse_batch(job.body)
+        except ContactInvalid as invalid:
+            return "failed", 400, None, _failure(400, invalid.message, invalid.errors), None
+        counts = {"created": 0, "updated": 0, "failed": 0}
+        results: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            one = replace(job, body=item, accepted_at_us=job.accepted_at_us + index, batch=False)
+            status, code, result, error, _ = self._apply_single(conn, one, _parsed(item))
+            if status == "succeeded":
+                assert result is not None
+                counts["created" if code == 201 else "updated"] += 1
+                contact = result["data"]
+                results.append(
+                    {"index": index, "code": code, "id": contact["id"], "email": contact["email"]}
+                )
+            else:
+                assert error is not None
+                counts["failed"] += 1
+                item_error = {"index": index, "code": code, "error": error["message"]}
+                if "errors" in error:
+                    item_error["errors"] = error["errors"]
+                results.append(item_error)
+        return "succeeded", 200, {"code": 200, "counts": counts, "items": results}, None, None
 
     def _create(self, conn: Connection, job: ContactJob, request: ContactRequest) -> RowMapping:
         row = conn.execute(self._insert_statement(job, request)).mappings().first()

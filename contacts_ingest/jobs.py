@@ -60,9 +60,11 @@ class ContactJob:
     # Redis's clock at admission, in microseconds: the job's acceptance time and order.
     accepted_at_us: int
     request_id: str | None = None
+    # A batch job's body is {"contacts": [...]}; each contact is created or upserted.
+    batch: bool = False
 
     def to_message(self) -> dict[str, Any]:
-        return {
+        message = {
             "job_id": self.job_id,
             "user_id": self.user_id,
             "operation": self.operation,
@@ -70,6 +72,9 @@ class ContactJob:
             "accepted_at_us": self.accepted_at_us,
             "request_id": self.request_id,
         }
+        if self.batch:
+            message["batch"] = True
+        return message
 
     @classmethod
     def from_message(cls, message: object) -> ContactJob:
@@ -98,6 +103,7 @@ class ContactJob:
             body=message.get("body"),
             accepted_at_us=accepted,
             request_id=request_id if isinstance(request_id, str) else None,
+            batch=message.get("batch") is True,
         )
 
 
@@ -257,8 +263,9 @@ class JobBoard:
     def record_key(self, job_id: str) -> str:
         return f"{self._prefix}job:{job_id}"
 
-    def quota_key(self, user_id: str) -> str:
-        return f"{self._prefix}quota:{user_id}"
+    def quota_key(self, user_id: str, quota: str = "writes") -> str:
+        name = "quota" if quota == "writes" else f"quota-{quota}"
+        return f"{self._prefix}{name}:{user_id}"
 
     def idempotency_key(self, user_id: str, key_hash: str) -> str:
         return f"{self._prefix}idem:{user_id}:{key_hash}"
@@ -271,6 +278,7 @@ class JobBoard:
         job: tuple[str, Operation] | None,
         limit: tuple[int, int] | None,
         idempotency: Idempotency | None = None,
+        quota: str = "writes",
     ) -> Admission:
         """Count one write and, if ``job`` (job_id, operation) is given, record it as queued.
 
@@ -283,7 +291,7 @@ class JobBoard:
         writes, window = limit if limit else (0, 0)
         idem_key = self.idempotency_key(user_id, idempotency.key_hash) if idempotency else ""
         verdict, remaining, reset_us, now_us, original_id, original_op = self._admit(
-            keys=[self.quota_key(user_id), self.record_key(job_id), idem_key],
+            keys=[self.quota_key(user_id, quota), self.record_key(job_id), idem_key],
             args=[
                 "1" if limit else "0",
                 writes,

@@ -13,6 +13,7 @@ The worker validates the body; a job that breaks a rule ends ``failed`` with cod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -76,12 +77,42 @@ class ContactProducer:
         ``contact`` is the request body as the HTTP API takes it. Nothing is
         validated here: the worker does, and records a 400 failure if it must.
         """
+        return self._enqueue(user_id, contact, upsert=upsert, request_id=request_id)
+
+    def enqueue_batch(
+        self,
+        user_id: str,
+        contacts: Sequence[Any],
+        *,
+        upsert: bool = False,
+        request_id: str | None = None,
+    ) -> str:
+        """Enqueue up to 1,000 contacts as one job; return its id.
+
+        Its status reports counts (created, updated, failed) and one result per
+        contact, in order, with field errors inline.
+        """
+        return self._enqueue(
+            user_id, {"contacts": list(contacts)}, upsert=upsert, request_id=request_id, batch=True
+        )
+
+    def _enqueue(
+        self,
+        user_id: str,
+        body: Any,
+        *,
+        upsert: bool,
+        request_id: str | None,
+        batch: bool = False,
+    ) -> str:
         job_id = new_job_id()
         operation: Operation = "upsert" if upsert else "create"
         admission = self._board.admit(
             user_id=user_id, member=job_id, job=(job_id, operation), limit=None
         )
-        job = ContactJob(job_id, user_id, operation, contact, admission.accepted_at_us, request_id)
+        job = ContactJob(
+            job_id, user_id, operation, body, admission.accepted_at_us, request_id, batch=batch
+        )
         try:
             self._publish(job)
         except Exception:

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     celery_visibility_timeout: int = Field(default=3600, ge=1)
     rate_limit_writes: int = Field(default=200, ge=1)
     rate_limit_window_seconds: int = Field(default=60, ge=1)
+    # Batch requests (up to 1,000 contacts each) have a quota of their own.
+    batch_rate_limit_requests: int = Field(default=10, ge=1)
+    batch_rate_limit_window_seconds: int = Field(default=60, ge=1)
     # How long the gateway trusts a cached API-key lookup; revocation takes effect within it.
     key_cache_ttl_seconds: float = Field(default=10.0, ge=0)
     # How long a queued job's record lives in Redis if no worker ever finishes it.
@@ -68,6 +71,13 @@ class Settings(BaseSettings):
     @cached_property
     def broker_url(self) -> str:
         return self.celery_broker_url or self.redis_url
+
+    @cached_property
+    def batch_rate_limit_message(self) -> str:
+        return (
+            f"Too many requests \N{EM DASH} {self.batch_rate_limit_requests} batches per user "
+            f"per {self.batch_rate_limit_window_seconds} seconds"
+        )
 
     @cached_property
     def rate_limit_message(self) -> str:

@@ -520,3 +520,79 @@ def test_an_unsubscribed_contact_is_resubscribed_only_when_asked_by_name(
     )
     assert named.result is not None
     assert named.result["data"]["status"] == "subscribed"
+
+
+def batch(board: JobBoard, user: str, contacts: Any, *, upsert: bool = False) -> dict[str, Any]:
+    job_id = new_job_id()
+    operation: Operation = "upsert" if upsert else "create"
+    admission = board.admit(user_id=user, member=job_id, job=(job_id, operation), limit=None)
+    return ContactJob(
+        job_id, user, operation, {"contacts": contacts}, admission.accepted_at_us, batch=True
+    ).to_message()
+
+
+def test_a_batch_reports_counts_and_each_item_with_its_errors_inline(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    run(ingestor, admitted(board, user, {"email": "old@example.com"}))
+    outcome = run(
+        ingestor,
+        batch(
+            board,
+            user,
+            [
+                {"email": "new@example.com", "firstName": "New"},
+                {"email": "not-an-email", "status": "gone"},
+                {"email": "OLD@example.com"},
+                "not an object",
+            ],
+        ),
+    )
+    assert (outcome.status, outcome.code) == ("succeeded", 200)
+    assert outcome.result is not None
+    assert outcome.result["counts"] == {"created": 1, "updated": 0, "failed": 3}
+    items = outcome.result["items"]
+    assert [item["code"] for item in items] == [201, 400, 409, 400]
+    assert items[0]["email"] == "new@example.com"
+    assert items[0]["id"].startswith("cnt_")
+    assert [e["field"] for e in items[1]["errors"]] == ["email", "status"]
+    assert items[2]["error"] == "A contact with this email already exists"
+    assert items[3]["error"] == "Request body must be a JSON object"
+    assert sorted(c["email"] for c in stored(engine, user)) == [
+        "new@example.com",
+        "old@example.com",
+    ]
+
+
+def test_a_batch_upsert_applies_items_in_order_and_replays_unchanged(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    message = batch(
+        board,
+        user,
+        [
+            {"email": "same@example.com", "firstName": "First"},
+            {"email": "same@example.com", "firstName": "Second", "company": "Co"},
+        ],
+        upsert=True,
+    )
+    outcome = run(ingestor, message)
+    assert outcome.result is not None
+    assert outcome.result["counts"] == {"created": 1, "updated": 1, "failed": 0}
+    [contact] = stored(engine, user)
+    assert (contact["first_name"], contact["company"], contact["version"]) == ("Second", "Co", 2)
+    again = run(ingestor, message)
+    assert again.replayed
+    assert again.result == outcome.result
+    [contact] = stored(engine, user)
+    assert contact["version"] == 2
+
+
+@pytest.mark.parametrize("contacts", [[], "x", [{}] * 1001, None])
+def test_a_malformed_batch_fails_whole_with_400(
+    ingestor: ContactIngestor, board: JobBoard, contacts: Any, user: str
+) -> None:
+    outcome = run(ingestor, batch(board, user, contacts))
+    assert (outcome.status, outcome.code) == ("failed", 400)
+    assert outcome.error is not None
+    assert outcome.error["message"] == "contacts must be an array of 1 to 1000 contacts"

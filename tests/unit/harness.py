@@ -72,17 +72,33 @@ class InstantWorker:
     """Stands in for the worker and the completion subscription: a published job is
     final at once with the given outcome, and a waiting request is woken at once."""
 
-    def __init__(self, final_rows: dict[str, dict[str, Any]], code: int, data: Any) -> None:
+    def __init__(
+        self,
+        final_rows: dict[str, dict[str, Any]],
+        code: int,
+        data: Any,
+        batch_items: list[dict[str, Any]] | None = None,
+    ) -> None:
         self._final_rows = final_rows
         self._code = code
         self._data = data
+        self._batch_items = batch_items
 
     def publish(self, job: ContactJob) -> None:
         ok = self._code < 400
+        if job.batch:
+            items = self._batch_items or []
+            counts = {"created": sum(i["code"] == 201 for i in items),
+                      "updated": sum(i["code"] == 200 for i in items),
+                      "failed": sum(i["code"] >= 400 for i in items)}  # fmt: skip
+            self._data = None
         self._final_rows[job.job_id] = {
             "job_id": job.job_id, "user_id": job.user_id, "operation": job.operation,
             "status": "succeeded" if ok else "failed", "code": self._code,
-            "result": {"code": self._code, "data": self._data} if ok else None,
+            "result": (
+                {"code": 200, "counts": counts, "items": items} if job.batch
+                else {"code": self._code, "data": self._data} if ok else None
+            ),
             "error": None if ok else {"code": self._code, "message": self._data},
             "accepted_at": datetime.now(UTC), "finished_at": datetime.now(UTC),
         }  # fmt: skip
@@ -102,6 +118,8 @@ def make_harness(
     ready: bool = True,
     publish: JobPublisher | None = None,
     outcome: tuple[int, Any] | None = None,
+    batch_items: list[dict[str, Any]] | None = None,
+    batch_limit: int = 10,
 ) -> Harness:
     """An in-process gateway; with ``outcome`` (code, contact or message) every job is
     final at once with it, as if a worker had been instant (for ``Prefer: wait``)."""
@@ -113,7 +131,7 @@ def make_harness(
     def down() -> None:
         raise ConnectionError("down")
 
-    worker = InstantWorker(final_rows, *outcome) if outcome else None
+    worker = InstantWorker(final_rows, *outcome, batch_items) if outcome else None
 
     deps = GatewayDeps(
         user_for_key=KEYS.get,
@@ -124,5 +142,8 @@ def make_harness(
         user_for_delivery=alices_webhook,
         completions=worker,  # type: ignore[arg-type]
     )
-    app = create_app(Settings(rate_limit_writes=limit, rate_limit_window_seconds=60), deps)
+    settings = Settings(
+        rate_limit_writes=limit, rate_limit_window_seconds=60, batch_rate_limit_requests=batch_limit
+    )
+    app = create_app(settings, deps)
     return Harness(falcon.testing.TestClient(app), published, final_rows, server)

@@ -21,6 +21,7 @@ from tests.unit.harness import ALICE, BOB, JSON, WEBHOOK_ENDPOINT, Harness, make
 # end-to-end hostile-input test covers it.
 SERVER_CODES = {
     ("post", "/io/contacts/contacts", "431"),
+    ("post", "/io/contacts/contacts/batch", "431"),
     ("post", "/io/contacts/webhooks/{endpoint_id}", "431"),
 }
 
@@ -169,8 +170,59 @@ WEBHOOK_SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
 }
 
 
+BATCH = "/io/contacts/contacts/batch"
+ONE = {"contacts": [{"email": "a@example.com"}]}
+
+
+def _batch(gw: Harness, payload: Any = ONE, **kw: Any) -> Result:
+    kw.setdefault("headers", {**ALICE, **JSON})
+    if "body" not in kw:
+        kw["json"] = payload
+    return gw.client.simulate_post(BATCH, **kw)
+
+
+def _batch_in_use() -> Result:
+    answers: list[Result] = []
+    headers = {**ALICE, **JSON, "Idempotency-Key": "k"}
+    gw = make_harness(publish=lambda job: answers.append(_batch(gw, headers=headers)))
+    _batch(gw, headers=headers)
+    return answers[0]
+
+
+def _batch_reused() -> Result:
+    gw = make_harness()
+    headers = {**ALICE, **JSON, "Idempotency-Key": "k"}
+    _batch(gw, headers=headers)
+    return _batch(gw, {"contacts": [{"email": "b@example.com"}]}, headers=headers)
+
+
+BATCH_SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
+    ("post", BATCH, "200"): lambda: _batch(
+        make_harness(
+            outcome=(200, None),
+            batch_items=[{"index": 0, "code": 201, "id": "cnt_1", "email": "a@example.com"}],
+        ),
+        headers={**ALICE, **JSON, **WAIT},
+    ),
+    ("post", BATCH, "202"): lambda: _batch(make_harness()),
+    ("post", BATCH, "400"): lambda: _batch(make_harness(), {"contacts": []}),
+    ("post", BATCH, "401"): lambda: _batch(make_harness(), headers=JSON),
+    ("post", BATCH, "409"): _batch_in_use,
+    ("post", BATCH, "413"): lambda: _batch(make_harness(), body=b"{" + b" " * (10 * 2**20) + b"}"),
+    ("post", BATCH, "415"): lambda: _batch(
+        make_harness(), body=b"{}", headers={**ALICE, "Content-Type": "text/plain"}
+    ),
+    ("post", BATCH, "422"): _batch_reused,
+    ("post", BATCH, "429"): lambda: (lambda gw: [_batch(gw) for _ in range(2)][-1])(
+        make_harness(batch_limit=1)
+    ),
+    ("post", BATCH, "503"): lambda: _batch(_redis_down(make_harness())),
+}
+
+
 SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
     **WEBHOOK_SCENARIOS,
+    **BATCH_SCENARIOS,
     ("post", "/io/contacts/contacts", "200"): lambda: _waited(200),
     ("post", "/io/contacts/contacts", "201"): lambda: _waited(201),
     ("post", "/io/contacts/contacts", "409"): _idempotency_in_use,

@@ -1,0 +1,157 @@
+"""``contacts-ingest import FILE``: stream a CSV or JSONL file into batch jobs.
+
+Memory stays flat whatever the file's size: rows are read one at a time, sent in
+batches of up to 1,000 through the internal producer, and at most ``window`` batches
+are in flight; the oldest is awaited (its status polled) before the next is sent,
+which also keeps the queue from swallowing a whole file at once. Each batch remembers
+only the file line of its first row, so errors are reported with their line numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from contacts_ingest.contact import BATCH_MAX_CONTACTS
+from contacts_ingest.producer import ContactProducer
+
+Format = Literal["csv", "jsonl"]
+FIRST_ERRORS = 10
+
+
+@dataclass
+class Summary:
+    accepted: int = 0
+    created: int = 0
+    updated: int = 0
+    failed: int = 0
+    # (line, message) of the first failures, in file order.
+    first_errors: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.created + self.updated + self.failed
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    job_id: str
+    lines: tuple[int, ...]  # the file line of each row (a CSV row may span lines)
+
+
+def format_of(path: Path, given: str | None) -> Format:
+    name = (given or path.suffix.lstrip(".")).lower()
+    if name in ("csv",):
+        return "csv"
+    if name in ("jsonl", "ndjson"):
+        return "jsonl"
+    raise ValueError("cannot tell the file's format: use --format csv or --format jsonl")
+
+
+def _csv_rows(handle: Any) -> Iterator[tuple[int, Any]]:
+    """(line, contact) per CSV row. Columns are the API's field names; ``socialProfiles.x``
+    and ``customFields.x`` fill those objects; empty cells are left out."""
+    reader = csv.DictReader(handle)
+    line = reader.line_num + 1
+    for row in reader:
+        contact: dict[str, Any] = {}
+        for column, value in row.items():
+            if column is None or value in (None, ""):
+                continue
+            group, _, key = column.partition(".")
+            if key and group in ("socialProfiles", "customFields"):
+                contact.setdefault(group, {})[key] = value
+            else:
+                contact[column] = value
+        yield line, contact
+        line = reader.line_num + 1
+
+
+def _jsonl_rows(handle: Any) -> Iterator[tuple[int, Any]]:
+    """(line, contact) per non-blank line; a line that is not JSON is sent as its text,
+    and the worker reports it as not a JSON object."""
+    for number, text in enumerate(handle, start=1):
+        if not text.strip():
+            continue
+        try:
+            yield number, json.loads(text)
+        except json.JSONDecodeError:
+            yield number, text.rstrip("\n")
+
+
+def count_rows(path: Path, kind: Format) -> int:
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = _csv_rows(handle) if kind == "csv" else _jsonl_rows(handle)
+        return sum(1 for _ in rows)
+
+
+def import_file(
+    path: Path,
+    kind: Format,
+    producer: ContactProducer,
+    user_id: str,
+    *,
+    upsert: bool,
+    on_progress: Callable[[Summary], None],
+    window: int = 8,
+    batch_size: int = BATCH_MAX_CONTACTS,
+    poll_seconds: float = 0.2,
+) -> Summary:
+    """Send every row; wait for every batch to be final; return the counts."""
+    summary = Summary()
+    in_flight: deque[_Sent] = deque()
+
+    def settle_oldest() -> None:
+        sent = in_flight.popleft()
+        while True:
+            status = producer.status(sent.job_id, user_id)
+            if status is not None and status["status"] in ("succeeded", "failed"):
+                break
+            time.sleep(poll_seconds)
+        _count(summary, sent, status)
+        on_progress(summary)
+
+    def send(rows: list[tuple[int, Any]]) -> None:
+        if len(in_flight) >= window:
+            settle_oldest()
+        job_id = producer.enqueue_batch(user_id, [row for _, row in rows], upsert=upsert)
+        in_flight.append(_Sent(job_id, tuple(line for line, _ in rows)))
+        summary.accepted += len(rows)
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = _csv_rows(handle) if kind == "csv" else _jsonl_rows(handle)
+        chunk: list[tuple[int, Any]] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) == batch_size:
+                send(chunk)
+                chunk = []
+        if chunk:
+            send(chunk)
+    while in_flight:
+        settle_oldest()
+    return summary
+
+
+def _count(summary: Summary, sent: _Sent, status: dict[str, Any]) -> None:
+    if status["status"] == "failed":  # the batch itself was refused
+        summary.failed += len(sent.lines)
+        if len(summary.first_errors) < FIRST_ERRORS:
+            summary.first_errors.append((sent.lines[0], status["error"]["message"]))
+        return
+    counts = status["result"]["counts"]
+    summary.created += counts["created"]
+    summary.updated += counts["updated"]
+    summary.failed += counts["failed"]
+    for item in status["result"]["items"]:
+        if len(summary.first_errors) >= FIRST_ERRORS:
+            break
+        if item["code"] >= 400:
+            fields = ", ".join(f"{e['field']}: {e['message']}" for e in item.get("errors", []))
+            summary.first_errors.append((sent.lines[item["index"]], fields or item["error"]))

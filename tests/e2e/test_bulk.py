@@ -1,0 +1,94 @@
+"""Bulk: the batch route and the import command, through the real gateway and worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import unique
+from tests.e2e.conftest import CLI, Service
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_batch_of_1000_reports_per_item_results(service: Service) -> None:
+    _, auth = service.new_user()
+    contacts: list[object] = [
+        {"email": f"batch{i}@example.com", "customFields": {"pad": "x" * 200}} for i in range(998)
+    ]
+    contacts += [{"email": "broken"}, {"email": "batch0@example.com"}]
+    answer = requests.post(
+        f"{service.base}/io/contacts/contacts/batch",
+        json={"contacts": contacts},  # ~260 KB: over the single route's 64 KiB
+        headers={**auth, "Prefer": "wait=10"},
+        timeout=30,
+    )
+    if answer.status_code == 202:  # a slow machine: poll instead
+        final = service.wait_final(auth, answer.json()["data"]["job_id"], timeout=60)
+        data = {"counts": final["result"]["counts"], "items": final["result"]["items"]}
+    else:
+        assert answer.status_code == 200, answer.text
+        data = answer.json()["data"]
+    assert data["counts"] == {"created": 998, "updated": 0, "failed": 2}
+    assert data["items"][998]["errors"] == [
+        {"field": "email", "message": "A valid email is required"}
+    ]
+    assert data["items"][999]["code"] == 409
+
+
+def test_import_streams_a_csv_file_and_summarises(service: Service, tmp_path: Path) -> None:
+    user = unique("user")
+    path = tmp_path / "contacts.csv"
+    with path.open("w") as handle:
+        handle.write("email,firstName,socialProfiles.twitter,customFields.plan\n")
+        for i in range(2500):
+            email = "not-an-email" if i in (10, 2001) else f"imp{i}@example.com"
+            handle.write(f"{email},Imp {i},@imp{i},gold\n")
+    done = subprocess.run(
+        [CLI, "import", str(path), "--user", user],
+        env=service.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:4] == [
+        "accepted        2,500",
+        "created         2,498",
+        "updated             0",
+        "failed              2",
+    ]
+    assert lines[4:] == [
+        "first errors:",
+        "  line 12: email: A valid email is required",
+        "  line 2003: email: A valid email is required",
+    ]
+    assert "rows" in done.stderr  # the progress bar, with its rate and ETA, on stderr
+
+    # The same file again with --upsert updates every good row; JSONL works alike.
+    again = subprocess.run(
+        [CLI, "import", str(path), "--user", user, "--upsert"],
+        env=service.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.stdout.splitlines()[1:4] == [
+        "created             0",
+        "updated         2,498",
+        "failed              2",
+    ]
+    jsonl = tmp_path / "more.jsonl"
+    jsonl.write_text(
+        "\n".join(json.dumps({"email": f"j{i}@example.com"}) for i in range(3)) + "\n{oops\n"
+    )
+    third = subprocess.run(
+        [CLI, "import", str(jsonl), "--user", user],
+        env=service.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert third.stdout.splitlines()[:4] == [
+        "accepted            4",
+        "created             3",
+        "updated             0",
+        "failed              1",
+    ]
+    assert "  line 4: body: Request body must be a JSON object" in third.stdout.splitlines()
