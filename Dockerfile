@@ -8,8 +8,9 @@ COPY pyproject.toml README.md celeryconfig.py ./
 COPY contacts_ingest ./contacts_ingest
 COPY api_gateway ./api_gateway
 COPY worker ./worker
-RUN pip install . && useradd --system --uid 10001 contacts
+# The ops extra adds Flower (the `flower` service in docker-compose.yml).
+RUN pip install ".[ops]" && useradd --system --uid 10001 contacts
 
 USER contacts
-EXPOSE 8000
+EXPOSE 8000 9808 5555
 CMD ["contacts-ingest", "serve", "--host", "0.0.0.0", "--port", "8000"]

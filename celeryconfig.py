@@ -26,6 +26,7 @@ def from_settings(settings: Settings) -> dict[str, Any]:
             "global_keyprefix": settings.redis_key_prefix,
         },
         "task_default_queue": settings.celery_queue,
+        "worker_send_task_events": settings.worker_send_events,
     }
 
 
@@ -44,6 +45,5 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 4
 worker_hijack_root_logger = False
-worker_send_task_events = False
 
 globals().update(from_settings(Settings()))

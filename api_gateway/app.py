@@ -15,7 +15,7 @@ import redis
 from falcon.media import JSONHandler
 from sqlalchemy.exc import SQLAlchemyError
 
-from api_gateway.middleware import AuthMiddleware, RequestIdMiddleware
+from api_gateway.middleware import AuthMiddleware, MetricsMiddleware, RequestIdMiddleware
 from api_gateway.openapi import openapi_document
 from api_gateway.resources import (
     BatchResource,
@@ -24,6 +24,7 @@ from api_gateway.resources import (
     DeliveryVerifier,
     HealthResource,
     JobResource,
+    MetricsResource,
     OpenApiResource,
     ReadyResource,
     WebhookResource,
@@ -98,7 +99,11 @@ def create_app(
     settings: Settings, deps: GatewayDeps
 ) -> falcon.App[falcon.Request, falcon.Response]:
     """Build the WSGI application."""
-    middleware: list[Any] = [RequestIdMiddleware(), AuthMiddleware(deps.user_for_key)]
+    middleware: list[Any] = [
+        MetricsMiddleware(),
+        RequestIdMiddleware(),
+        AuthMiddleware(deps.user_for_key),
+    ]
     app = falcon.App(
         middleware=middleware,
         cors_enable=False,
@@ -123,5 +128,6 @@ def create_app(
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(deps.readiness))
     app.add_route("/openapi.json", OpenApiResource(openapi_document(settings)))
+    app.add_route("/metrics", MetricsResource())
     app.add_sink(_not_found, "/")
     return app

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
 import falcon
+
+from contacts_ingest.metrics import REQUEST_SECONDS, REQUESTS
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
@@ -43,3 +46,20 @@ class AuthMiddleware:
                 challenges=['Bearer realm="contacts-ingest"'],
             )
         req.context.user_id = user_id
+
+
+class MetricsMiddleware:
+    """Counts every answer by route and code, and times it."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    ) -> None:
+        route = req.uri_template or "unmatched"
+        code = falcon.http_status_to_code(resp.status)
+        REQUESTS.labels(req.method, route, str(code)).inc()
+        started = getattr(req.context, "started", None)
+        if started is not None:
+            REQUEST_SECONDS.labels(req.method, route).observe(time.perf_counter() - started)

@@ -13,6 +13,7 @@ from typing import Any
 import falcon
 import orjson
 import redis
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api_gateway.buffering import STEP_OUT
 from api_gateway.waiting import CompletionListener, preferred_wait
@@ -25,6 +26,7 @@ from contacts_ingest.jobs import (
     Operation,
     new_job_id,
 )
+from contacts_ingest.metrics import ENQUEUE_FAILURES, RATE_LIMITED, scrape
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import FinalJobReader, job_status
 from contacts_ingest.webhooks import WebhookRejected
@@ -241,6 +243,7 @@ class ContactIntake:
             f'"{quota.name}";r={admission.remaining or 0};t={admission.reset_seconds}',
         )
         if not admission.allowed:
+            RATE_LIMITED.labels(quota.name).inc()
             raise falcon.HTTPTooManyRequests(
                 description=quota.message, retry_after=admission.reset_seconds
             )
@@ -259,6 +262,7 @@ class ContactIntake:
         try:
             self._publish(job)
         except Exception:
+            ENQUEUE_FAILURES.inc()
             self._board.forget(job_id)
             if idempotency is not None:
                 self._board.release(user_id, idempotency, job_id)
@@ -398,6 +402,16 @@ class WebhookResource:
             read_body=lambda: raw,
             key=IdempotencyKey(headers["webhook-id"], header="webhook-id", namespace="webhook"),
         )
+
+
+class MetricsResource:
+    """GET /metrics: Prometheus text format, summed over the gateway's processes."""
+
+    public = True
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.data = scrape()
+        resp.content_type = CONTENT_TYPE_LATEST
 
 
 class JobResource:

@@ -84,9 +84,12 @@ def serve(host: str, port: int, workers: int, threads: int, active: int | None) 
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
 
+    from contacts_ingest.metrics_dir import prepare_multiprocess_dir
+
     if active is not None:
         os.environ["GATEWAY_ACTIVE_REQUESTS"] = str(active)  # read by each gateway process
     _settings()  # fail here, not in every gateway process, if the configuration is wrong
+    prepare_multiprocess_dir()  # before any gateway process records a metric
     Granian(
         "api_gateway.wsgi:app",
         address=host,
@@ -110,11 +113,42 @@ def serve(host: str, port: int, workers: int, threads: int, active: int | None) 
     type=click.IntRange(min=1),
     help="Worker processes.",
 )
-def worker(concurrency: int) -> None:
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(min=0, max=65535),
+    show_default="WORKER_METRICS_PORT, default 9808",
+    help="Port of the worker's GET /metrics; 0 turns it off.",
+)
+def worker(concurrency: int, metrics_port: int | None) -> None:
     """Run a Celery worker consuming contact jobs (log level: LOG_LEVEL)."""
-    from worker.app import app
+    import logging
+
+    from contacts_ingest.metrics_dir import prepare_multiprocess_dir
 
     settings = _settings()
+    prepare_multiprocess_dir()  # before the pool processes fork
+    port = settings.worker_metrics_port if metrics_port is None else metrics_port
+    if port:
+        import redis
+
+        from contacts_ingest.metrics import QueueDepth, serve_worker_metrics
+
+        prefix = settings.redis_key_prefix
+        depth = QueueDepth(
+            redis.Redis.from_url(settings.broker_url, socket_timeout=2),
+            f"{prefix}{settings.celery_queue}",
+            f"{prefix}unacked",
+            settings.celery_queue,
+        )
+        try:
+            serve_worker_metrics(port, depth)
+        except OSError as exc:
+            logging.getLogger(__name__).error(
+                "worker metrics not served: port %s: %s", port, exc.strerror
+            )
+    from worker.app import app
+
     loglevel = settings.log_level
     app.worker_main(
         [

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # Base and cap, in seconds, of the exponential backoff for transient database errors.
     retry_backoff_seconds: int = Field(default=1, ge=1)
     retry_backoff_max_seconds: int = Field(default=60, ge=1)
+    # Workers send Celery task events (for Flower); off by default: a publish per event.
+    worker_send_events: bool = False
+    # Port of a worker's GET /metrics (Prometheus); 0 turns it off.
+    worker_metrics_port: int = Field(default=9808, ge=0, le=65535)
     # Requests a gateway process works on at once, once their bodies are read.
     gateway_active_requests: int = Field(default=os.cpu_count() or 1, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import Any
 
 import redis
+from celery.signals import task_retry, worker_process_shutdown
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from contacts_ingest.database import make_engine
 from contacts_ingest.ingest import ContactIngestor
 from contacts_ingest.jobs import TASK_NAME, JobBoard
+from contacts_ingest.metrics import JOB_SECONDS, JOBS, RETRIES
+from contacts_ingest.metrics_dir import MULTIPROC_ENV
 from contacts_ingest.settings import Settings
 from worker.app import app
 
@@ -40,4 +44,21 @@ def ingestor() -> ContactIngestor:
 )
 def ingest_contact(job: Any) -> None:
     """Apply one contact job; its outcome is written to the status table."""
-    ingestor().process(job)
+    kind = "batch" if isinstance(job, dict) and job.get("batch") is True else "single"
+    with JOB_SECONDS.labels(kind).time():
+        outcome = ingestor().process(job)
+    if outcome is not None and not outcome.replayed:
+        JOBS.labels(outcome.status, str(outcome.code), kind).inc()
+
+
+@task_retry.connect
+def _count_retry(**_: Any) -> None:
+    RETRIES.inc()
+
+
+@worker_process_shutdown.connect
+def _forget_dead_process(pid: int | None = None, **_: Any) -> None:
+    from prometheus_client import multiprocess
+
+    if pid is not None and os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -29,6 +29,7 @@ def service_env(settings: Settings, **overrides: str) -> dict[str, str]:
         REDIS_KEY_PREFIX=settings.redis_key_prefix,
         CELERY_QUEUE=settings.celery_queue,
         KEY_CACHE_TTL_SECONDS="0.5",
+        WORKER_METRICS_PORT="0",  # many workers run at once in the tests
         LOG_LEVEL="INFO",
     )
     env.update(overrides)

@@ -22,7 +22,23 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_has_every_service_of_the_design(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) >= {"redis", "postgres", "migrate", "gateway", "worker"}
+    assert set(compose["services"]) >= {
+        "redis", "postgres", "migrate", "gateway", "worker", "flower"
+    }  # fmt: skip
+
+
+def test_flower_watches_the_same_broker_and_the_workers_send_it_events(
+    compose: dict[str, Any],
+) -> None:
+    flower = compose["services"]["flower"]
+    assert flower["command"][:4] == ["celery", "-A", "worker.app", "flower"]
+    assert (
+        flower["environment"]["REDIS_URL"]
+        == compose["services"]["worker"]["environment"]["REDIS_URL"]
+    )
+    assert compose["services"]["worker"]["environment"]["WORKER_SEND_EVENTS"] == "true"
+    assert Settings(worker_send_events="true").worker_send_events
+    assert flower["ports"] == ["5555:5555"]
 
 
 def test_long_running_services_have_healthchecks(compose: dict[str, Any]) -> None:
@@ -75,4 +91,4 @@ def test_dockerfile_installs_every_package_the_code_imports() -> None:
     copied = set(re.findall(r"^COPY (\S+) \./\1$", dockerfile, flags=re.M))
     assert {"contacts_ingest", "api_gateway", "worker"} <= copied
     assert "celeryconfig.py" in dockerfile
-    assert "pip install ." in dockerfile
+    assert 'pip install ".[ops]"' in dockerfile

@@ -293,3 +293,30 @@ def test_refused_writes_still_carry_the_rate_limit_headers(
     assert 400 <= result.status_code < 500
     assert result.headers["RateLimit-Policy"] == '"writes";q=200;w=60'
     assert result.headers["RateLimit"].startswith('"writes";r=199;')
+
+
+def test_metrics_count_answers_by_route_and_code_and_the_rate_limited(gw: Harness) -> None:
+    def sample(text: str, name: str, **labels: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{") and all(
+                f'{k}="{v}"' in line for k, v in labels.items()
+            ):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = gw.client.simulate_get("/metrics").text
+    limited = make_harness(limit=1)
+    limited.post({"email": "a@example.com"})
+    limited.post({"email": "b@example.com"})
+    gw.post({"email": "bob@example.com"})
+    after = gw.client.simulate_get("/metrics")
+    assert after.status_code == 200
+    assert after.headers["Content-Type"].startswith("text/plain")
+    route = {"method": "POST", "route": "/io/contacts/contacts"}
+    for code, more in (("202", 2), ("429", 1)):
+        grew = sample(after.text, "contacts_gateway_requests_total", **route, code=code) - sample(
+            before, "contacts_gateway_requests_total", **route, code=code
+        )
+        assert grew == more
+    assert sample(after.text, "contacts_gateway_rate_limited_total", quota="writes") >= 1
+    assert "contacts_gateway_request_duration_seconds_bucket" in after.text

@@ -265,6 +265,7 @@ SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
     ("get", "/readyz", "200"): lambda: make_harness().client.simulate_get("/readyz"),
     ("get", "/readyz", "503"): lambda: make_harness(ready=False).client.simulate_get("/readyz"),
     ("get", "/openapi.json", "200"): lambda: make_harness().client.simulate_get("/openapi.json"),
+    ("get", "/metrics", "200"): lambda: make_harness().client.simulate_get("/metrics"),
 }
 
 

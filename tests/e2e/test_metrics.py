@@ -1,0 +1,77 @@
+"""Prometheus metrics from the real gateway (all its processes) and a real worker."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from contacts_ingest.settings import Settings
+from tests.conftest import free_port, unique
+from tests.e2e.conftest import (
+    create_key,
+    service_env,
+    start,
+    start_worker,
+    wait_final,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{name}(?:{{(.*)}})? (\S+)$", line)
+        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def test_gateway_and_worker_metrics_count_what_happened(settings: Settings, log_dir: Path) -> None:
+    port = free_port()
+    env = service_env(
+        settings, CELERY_QUEUE=unique("contacts-metrics"), WORKER_METRICS_PORT=str(port)
+    )
+    gateway = start(["serve", "--port", str(gport := free_port()), "--workers", "2"], env,
+                    log_dir / "metrics-serve.log")  # fmt: skip
+    worker = start_worker(env, log_dir, "metrics-worker")
+    base = f"http://127.0.0.1:{gport}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, gateway.log.read_text()
+            time.sleep(0.1)
+        auth = {"Authorization": f"Bearer {create_key(env, unique('user'))}"}
+        job_ids = [
+            requests.post(f"{base}/io/contacts/contacts", json={"email": f"m{i}@example.com"},
+                          headers=auth, timeout=5).json()["data"]["job_id"]
+            for i in range(20)
+        ]  # fmt: skip
+        requests.post(f"{base}/io/contacts/contacts", json={"email": "x"}, headers=auth, timeout=5)
+        for job_id in job_ids:
+            wait_final(base, auth, job_id)
+
+        # Two gateway processes served these; the scrape adds both up.
+        gateway_text = requests.get(f"{base}/metrics", timeout=5).text
+        route = {"method": "POST", "route": "/io/contacts/contacts"}
+        assert value(gateway_text, "contacts_gateway_requests_total", **route, code="202") == 20
+        assert value(gateway_text, "contacts_gateway_requests_total", **route, code="400") == 1
+
+        worker_text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        jobs = value(worker_text, "contacts_worker_jobs_total", status="succeeded", code="201")
+        assert jobs == 20
+        assert value(worker_text, "contacts_worker_job_duration_seconds_count") >= 20
+        assert "contacts_worker_queue_depth" in worker_text
+        assert "contacts_worker_retries_total" in worker_text
+    finally:
+        gateway.stop()
+        worker.stop()
