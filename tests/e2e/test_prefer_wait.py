@@ -81,3 +81,15 @@ def test_a_job_not_final_in_time_is_a_plain_202_and_waiters_do_not_block_others(
         assert elapsed < 1.0, f"a normal request took {elapsed:.2f}s beside 60 waiting ones"
     finally:
         gateway.stop()
+
+
+def test_an_upsert_through_the_service_never_lifts_a_bounce(service: Service) -> None:
+    _, auth = service.new_user()
+    waiting = {**auth, "Prefer": "wait=10"}
+    bounced = post(service.base, waiting, {"email": "bounce@example.com", "status": "bounced"})
+    assert bounced.json()["data"]["status"] == "bounced"
+    again = post(
+        service.base, waiting, {"email": "bounce@example.com", "status": "subscribed"}, upsert="1"
+    )
+    assert again.status_code == 200
+    assert again.json()["data"]["status"] == "bounced"
