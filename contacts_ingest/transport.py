@@ -16,18 +16,78 @@ Celery selects it with ``broker_transport`` (see celeryconfig.py).
 
 from __future__ import annotations
 
+import logging
 import secrets
 from time import monotonic
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+logger = logging.getLogger(__name__)
+
+
+# What Redis calls raise once the connection is lost, or once kombu released it (the
+# channel of a message delivered before a reconnect has no connection any more).
+_CONNECTION_GONE = (AttributeError, redis.RedisError, OSError)
+
 
 class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS, except that losing Redis never takes the worker down.
+
+    Acknowledging, rejecting or handing back a message needs Redis. When it is gone,
+    kombu raises from deep inside the worker's event loop and Celery stops the worker
+    ("Unrecoverable error"), even though nothing is at risk: the message is still in
+    the unacked hash, and any live worker restores it after the visibility timeout.
+    Here such a failure is logged and the message is left to that.
+    """
+
+    def ack(self, delivery_tag: str) -> None:
+        try:
+            super().ack(delivery_tag)
+        except _CONNECTION_GONE as exc:
+            self._leave_to_redelivery(delivery_tag, "acknowledge", exc)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except _CONNECTION_GONE as exc:
+            self._leave_to_redelivery(delivery_tag, "reject", exc)
+
+    def _leave_to_redelivery(self, delivery_tag: str, what: str, exc: Exception) -> None:
+        logger.warning(
+            "could not %s message %s (%s); it returns after the visibility timeout",
+            what,
+            delivery_tag,
+            type(exc).__name__,
+        )
+        virtual.QoS.ack(self, delivery_tag)  # forget it here; Redis still holds it
+
+    def restore_unacked(self, client: Any = None) -> Any:
+        """Hand this consumer's unacknowledged messages back, if Redis can still be reached.
+
+        kombu does this when a channel closes, including after the connection to Redis
+        was lost; its attempt then fails on the released connection and takes the
+        whole worker down ("Unrecoverable error"). The messages are safe either way:
+        they stay in the unacked hash, and any live worker restores them after the
+        visibility timeout.
+        """
+        try:
+            return super().restore_unacked(client)
+        except _CONNECTION_GONE as exc:
+            logger.warning(
+                "could not hand back %d unacknowledged message(s) (%s); they return"
+                " after the visibility timeout",
+                len(self._delivered),
+                type(exc).__name__,
+            )
+            self._delivered.clear()
+            return None
+
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> Any:
         channel = self.channel
         if isinstance(channel, Channel):

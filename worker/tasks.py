@@ -7,6 +7,8 @@ from functools import cache
 from typing import Any
 
 import redis
+from celery import Task
+from celery.exceptions import Reject
 from celery.signals import task_retry, worker_process_shutdown
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -34,7 +36,27 @@ def ingestor() -> ContactIngestor:
     )
 
 
+class RedeliveredIfRetryFails(Task):  # type: ignore[misc]
+    """A task whose retry, if it cannot be published, leaves the message to come back.
+
+    Celery publishes a retry as a new message; when that fails (Redis is down too), it
+    rejects the original without requeueing, which drops the job. Rejecting it with
+    requeue instead keeps it: put back on the queue, or, if Redis cannot be reached,
+    left in the unacked hash, from which a worker restores it after the visibility
+    timeout.
+    """
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as refused:
+            if refused.requeue:
+                raise
+            raise Reject(refused.reason, requeue=True) from None
+
+
 @app.task(
+    base=RedeliveredIfRetryFails,
     name=TASK_NAME,
     autoretry_for=TRANSIENT_ERRORS,
     retry_backoff=_settings.retry_backoff_seconds,
