@@ -34,6 +34,16 @@ test: install ## Run the whole test suite (needs PostgreSQL and Redis, see READM
 faults: install ## Run only the fault-injection suite (private PostgreSQL and Redis, real processes)
 	$(BIN)/python -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
+.PHONY: bench
+bench: install ## Benchmark the service against its baselines in one run (~10 min; needs wrk)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/run.py
+
+.PHONY: bench-quick
+bench-quick: install ## The same benchmark, smaller and shorter (~2 min)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/run.py --quick --out bench/results/quick
+
 SOAK_SECONDS ?= 600
 .PHONY: soak
 soak: install ## Steady load for SOAK_SECONDS (600) through gateway and worker; audit and RSS
