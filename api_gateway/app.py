@@ -24,6 +24,7 @@ from api_gateway.resources import (
     DeliveryVerifier,
     HealthResource,
     JobResource,
+    MessageBuilder,
     MetricsResource,
     OpenApiResource,
     ReadyResource,
@@ -53,6 +54,9 @@ class GatewayDeps:
     user_for_delivery: DeliveryVerifier
     # Wakes requests that asked to wait (Prefer: wait=N); None answers them 202 at once.
     completions: CompletionListener | None = None
+    # Builds a job's Celery message so admission queues it in the same Redis step;
+    # None publishes with ``publish`` after admission instead (a second round trip).
+    messages: MessageBuilder | None = None
 
 
 def _dumps(value: Any) -> bytes:
@@ -118,7 +122,9 @@ def create_app(
     app.add_error_handler(kombu.exceptions.OperationalError, _unavailable)
     app.add_error_handler(SQLAlchemyError, _unavailable)
 
-    intake = ContactIntake(settings, deps.board, deps.publish, deps.final_job, deps.completions)
+    intake = ContactIntake(
+        settings, deps.board, deps.publish, deps.final_job, deps.completions, deps.messages
+    )
     app.add_route("/io/contacts/contacts", ContactsResource(intake))
     app.add_route("/io/contacts/contacts/batch", BatchResource(intake))
     app.add_route(

@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import falcon
@@ -30,6 +30,9 @@ from contacts_ingest.metrics import ENQUEUE_FAILURES, RATE_LIMITED, scrape
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import FinalJobReader, job_status
 from contacts_ingest.webhooks import WebhookRejected
+
+# A job -> (queue key, Celery message) for admission to push in the same step.
+MessageBuilder = Callable[[ContactJob], tuple[str, bytes]]
 
 # (endpoint id, raw body, webhook-* headers) -> the endpoint's user, or WebhookRejected.
 DeliveryVerifier = Callable[[str, bytes, dict[str, str]], str]
@@ -162,9 +165,11 @@ class ContactIntake:
         publish: JobPublisher,
         final_job: FinalJobReader,
         completions: CompletionListener | None,
+        messages: MessageBuilder | None = None,
     ) -> None:
         self._board = board
         self._publish = publish
+        self._messages = messages
         self._final_job = final_job
         self._completions = completions
         self._quotas = {
@@ -210,6 +215,17 @@ class ContactIntake:
         except ContactInvalid as invalid:
             refusal = InvalidRequest(invalid.message, invalid.errors)
 
+        job = ContactJob(
+            job_id=job_id,
+            user_id=user_id,
+            operation=operation,
+            body=body,
+            accepted_at_us=0,  # Redis's clock decides, at admission
+            request_id=req.context.request_id,
+            batch=batch,
+        )
+        # With a message builder, admission queues the job's message in the same step.
+        enqueue = self._messages(job) if self._messages and refusal is None else None
         # Every authenticated POST counts, valid or not, except the repeat of a request
         # already accepted under the same Idempotency-Key; only a valid one is recorded.
         admission = self._board.admit(
@@ -219,6 +235,7 @@ class ContactIntake:
             limit=(quota.limit, quota.window),
             idempotency=idempotency,
             quota=quota.name,
+            enqueue=enqueue,
         )
         if admission.idempotency == "replay" and admission.original is not None:
             resp.set_header("Idempotent-Replayed", "true")
@@ -250,30 +267,28 @@ class ContactIntake:
         if refusal is not None:
             raise refusal
 
-        job = ContactJob(
-            job_id=job_id,
-            user_id=user_id,
-            operation=operation,
-            body=body,
-            accepted_at_us=admission.accepted_at_us,
-            request_id=req.context.request_id,
-            batch=batch,
-        )
-        try:
-            self._publish(job)
-        except Exception:
-            ENQUEUE_FAILURES.inc()
-            self._board.forget(job_id)
-            if idempotency is not None:
-                self._board.release(user_id, idempotency, job_id)
-            raise
-        if idempotency is not None:
-            self._board.settle(user_id, idempotency, job_id)
+        if enqueue is None:
+            self._publish_after_admission(
+                replace(job, accepted_at_us=admission.accepted_at_us), idempotency
+            )
         log.info(
             "job accepted",
             extra={"job_id": job_id, "request_id": job.request_id, "operation": operation},
         )
         self._answer(req, resp, job_id, operation)
+
+    def _publish_after_admission(self, job: ContactJob, idempotency: Idempotency | None) -> None:
+        """The second round trip, for publishers that are not part of admission."""
+        try:
+            self._publish(job)
+        except Exception:
+            ENQUEUE_FAILURES.inc()
+            self._board.forget(job.job_id)
+            if idempotency is not None:
+                self._board.release(job.user_id, idempotency, job.job_id)
+            raise
+        if idempotency is not None:
+            self._board.settle(job.user_id, idempotency, job.job_id)
 
     def _answer(
         self, req: falcon.Request, resp: falcon.Response, job_id: str, operation: str

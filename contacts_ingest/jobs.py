@@ -147,9 +147,12 @@ class Admission:
 # is answered from its record and counts nothing), count the write against the user's
 # rolling window (a sorted set of admission times) and, when admitted, record the job as
 # queued and reserve the Idempotency-Key for it.
-# KEYS: quota key, job record key, idempotency key ('' for none).
+# With a message (a whole Celery message whose accepted time is left as a placeholder),
+# the same step also pushes it onto the queue: the job is accepted and queued at once,
+# so its Idempotency-Key is settled at once too.
+# KEYS: quota key, job record key, idempotency key ('' for none), queue key ('' for none).
 # ARGV: apply_limit, limit, window_us, member, record_job, user_id, operation,
-# record_ttl_s, fingerprint, idempotency_pending_s.
+# record_ttl_s, fingerprint, idempotency_pending_s, message, idempotency_ttl_s.
 # Returns {verdict, remaining, reset_us, now_us, original_job_id, original_operation};
 # verdict: 1 admitted, 0 over the limit, 2 replay, 3 in progress, 4 key reused.
 _ADMIT_SCRIPT = """
@@ -184,10 +187,19 @@ if ARGV[5] == '1' then
   redis.call('HSET', KEYS[2], 'user_id', ARGV[6], 'operation', ARGV[7],
              'status', 'queued', 'accepted_at_us', now, 'attempts', 0)
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[8]))
+  local queued = KEYS[4] ~= ''
+  if queued then
+    local message = ARGV[11]
+    local first, last = string.find(message, '__ACCEPTED_AT_US__', 1, true)
+    message = string.sub(message, 1, first - 1) .. string.format('%.0f', now)
+              .. string.sub(message, last + 1)
+    redis.call('LPUSH', KEYS[4], message)
+  end
   if KEYS[3] ~= '' then
-    redis.call('HSET', KEYS[3], 'fingerprint', ARGV[9], 'state', 'accepting',
+    redis.call('HSET', KEYS[3], 'fingerprint', ARGV[9],
+               'state', queued and 'accepted' or 'accepting',
                'job_id', ARGV[4], 'operation', ARGV[7])
-    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[10]))
+    redis.call('EXPIRE', KEYS[3], tonumber(queued and ARGV[12] or ARGV[10]))
   end
 end
 return {1, remaining, reset, now, '', ''}
@@ -279,19 +291,27 @@ class JobBoard:
         limit: tuple[int, int] | None,
         idempotency: Idempotency | None = None,
         quota: str = "writes",
+        enqueue: tuple[str, bytes] | None = None,
     ) -> Admission:
         """Count one write and, if ``job`` (job_id, operation) is given, record it as queued.
 
         ``limit`` is (writes, window_seconds); None admits without counting
         (internal producers). A refused write records nothing. With ``idempotency``,
         a repeat of an accepted request is answered from its record without counting,
-        and an admitted job reserves the key until ``settle`` (or for 60 s).
+        and an admitted job reserves the key until ``settle`` (or for 60 s). With
+        ``enqueue`` (queue key, message from ``CeleryMessages``), an admitted job's
+        message is pushed onto its queue in the same step, and its key settled.
         """
         job_id, operation = job if job else ("", "create")
         writes, window = limit if limit else (0, 0)
         idem_key = self.idempotency_key(user_id, idempotency.key_hash) if idempotency else ""
         verdict, remaining, reset_us, now_us, original_id, original_op = self._admit(
-            keys=[self.quota_key(user_id, quota), self.record_key(job_id), idem_key],
+            keys=[
+                self.quota_key(user_id, quota),
+                self.record_key(job_id),
+                idem_key,
+                enqueue[0] if enqueue and job else "",
+            ],
             args=[
                 "1" if limit else "0",
                 writes,
@@ -303,6 +323,8 @@ class JobBoard:
                 self._ttl,
                 idempotency.fingerprint if idempotency else "",
                 IDEMPOTENCY_PENDING_SECONDS,
+                enqueue[1] if enqueue and job else b"",
+                IDEMPOTENCY_TTL_SECONDS,
             ],
         )
         verdicts: dict[int, IdempotencyVerdict] = {2: "replay", 3: "in_progress", 4: "reused"}

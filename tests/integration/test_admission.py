@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import redis
 
-from contacts_ingest.jobs import Admission, Idempotency, JobBoard, new_job_id
+from contacts_ingest.jobs import Admission, ContactJob, Idempotency, JobBoard, new_job_id
+from contacts_ingest.producer import CeleryMessages, CeleryPublisher, producer_celery
 from contacts_ingest.settings import Settings
 from tests.conftest import unique
 
@@ -143,3 +147,34 @@ def test_an_idempotency_key_lives_24_hours_once_accepted(
     assert 0 < redis_client.ttl(record) <= 60  # reserved briefly while being accepted
     board.settle(user, key, job_id)
     assert 23 * 3600 < redis_client.ttl(record) <= 24 * 3600
+
+
+def test_a_hand_built_message_matches_what_celery_publishes(
+    board: JobBoard, redis_client: redis.Redis, settings: Settings
+) -> None:
+    queue = unique("contacts-messages")
+    local = settings.model_copy(update={"celery_queue": queue})
+    user = unique("user")
+    job = ContactJob("job_" + "1" * 32, user, "upsert", {"email": "m@example.com", "n": 2**70},
+                     0, "req_1")  # fmt: skip
+    admission = board.admit(
+        user_id=user, member=job.job_id, job=(job.job_id, "upsert"), limit=None,
+        enqueue=CeleryMessages(local)(job),
+    )  # fmt: skip
+    CeleryPublisher(producer_celery(local), queue)(
+        replace(job, accepted_at_us=admission.accepted_at_us)
+    )
+    published, built = (
+        json.loads(raw) for raw in redis_client.lrange(f"{settings.redis_key_prefix}{queue}", 0, -1)
+    )
+    decoded = json.loads(base64.b64decode(published["body"]))
+    assert json.loads(built["body"]) == decoded  # the same task call, acceptance time included
+    assert decoded[1]["job"]["accepted_at_us"] == admission.accepted_at_us
+    assert set(built) == set(published)
+    assert {k: v for k, v in built["headers"].items() if k != "origin"} == {
+        k: v for k, v in published["headers"].items() if k != "origin"
+    }
+    ignored = {"reply_to", "delivery_tag", "body_encoding"}
+    assert {k: v for k, v in built["properties"].items() if k not in ignored} == {
+        k: v for k, v in published["properties"].items() if k not in ignored
+    }
