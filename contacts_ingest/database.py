@@ -7,11 +7,15 @@ from sqlalchemy import Engine, create_engine
 from contacts_ingest.settings import sqlalchemy_url
 
 
-def make_engine(database_url: str, *, read_only: bool = False, pool_size: int = 5) -> Engine:
+def make_engine(
+    database_url: str, *, read_only: bool = False, pool_size: int = 5, pre_ping: bool = True
+) -> Engine:
     """Return a pooled engine for ``database_url``.
 
     ``read_only`` engines open every transaction read-only, so the gateway cannot
-    write PostgreSQL even by mistake: the server itself refuses.
+    write PostgreSQL even by mistake: the server itself refuses. ``pre_ping`` checks a
+    pooled connection before each use (a round trip); callers that retry on
+    OperationalError anyway can do without.
     """
     connect_args: dict[str, object] = {"connect_timeout": 5}
     if read_only:
@@ -20,7 +24,7 @@ def make_engine(database_url: str, *, read_only: bool = False, pool_size: int = 
         sqlalchemy_url(database_url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args=connect_args,
     )

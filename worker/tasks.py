@@ -31,8 +31,11 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError, redis.ConnectionError, red
 def ingestor() -> ContactIngestor:
     """One ingestor per worker process, built lazily so no connection crosses a fork."""
     client = redis.Redis.from_url(_settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    # No ping before each job: a connection that died (a PostgreSQL restart) fails the
+    # job with OperationalError, which is retried, and the pool replaces it.
     return ContactIngestor(
-        make_engine(_settings.database_url), JobBoard.for_settings(client, _settings)
+        make_engine(_settings.database_url, pre_ping=False),
+        JobBoard.for_settings(client, _settings),
     )
 
 
