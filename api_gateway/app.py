@@ -45,7 +45,6 @@ class GatewayDeps:
     # Presented API key -> user id, or None for a missing, unknown or revoked key.
     user_for_key: Callable[[str], str | None]
     board: JobBoard
-    publish: JobPublisher
     # Job id -> its final status row from PostgreSQL, or None.
     final_job: FinalJobReader
     # Name -> a check that raises if that dependency is unreachable.
@@ -54,9 +53,10 @@ class GatewayDeps:
     user_for_delivery: DeliveryVerifier
     # Wakes requests that asked to wait (Prefer: wait=N); None answers them 202 at once.
     completions: CompletionListener | None = None
-    # Builds a job's Celery message so admission queues it in the same Redis step;
-    # None publishes with ``publish`` after admission instead (a second round trip).
+    # Builds a job's Celery message so admission queues it in the same Redis step
+    # (production); without it, ``publish`` sends each job after admission instead.
     messages: MessageBuilder | None = None
+    publish: JobPublisher | None = None
 
 
 def _dumps(value: Any) -> bytes:

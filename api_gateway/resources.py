@@ -162,11 +162,13 @@ class ContactIntake:
         self,
         settings: Settings,
         board: JobBoard,
-        publish: JobPublisher,
+        publish: JobPublisher | None,
         final_job: FinalJobReader,
         completions: CompletionListener | None,
         messages: MessageBuilder | None = None,
     ) -> None:
+        if publish is None and messages is None:
+            raise ValueError("a gateway needs a message builder or a publisher")
         self._board = board
         self._publish = publish
         self._messages = messages
@@ -279,6 +281,7 @@ class ContactIntake:
 
     def _publish_after_admission(self, job: ContactJob, idempotency: Idempotency | None) -> None:
         """The second round trip, for publishers that are not part of admission."""
+        assert self._publish is not None
         try:
             self._publish(job)
         except Exception:

@@ -17,8 +17,8 @@ from contacts_ingest.database import make_engine
 from contacts_ingest.jobs import JobBoard
 from contacts_ingest.keys import KeyResolver
 from contacts_ingest.logs import configure_logging
+from contacts_ingest.messages import CeleryMessages
 from contacts_ingest.migrate import head_revision, require_current_schema
-from contacts_ingest.producer import CeleryMessages, CeleryPublisher, producer_celery
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import read_final_job
 from contacts_ingest.webhooks import WebhookVerifier
@@ -45,7 +45,6 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
     deps = GatewayDeps(
         user_for_key=KeyResolver(engine, ttl=settings.key_cache_ttl_seconds).user_for,
         board=board,
-        publish=CeleryPublisher(producer_celery(settings), settings.celery_queue),
         messages=CeleryMessages(settings),
         final_job=lambda job_id: read_final_job(engine, job_id),
         readiness={"redis": client.ping, "postgres": postgres_ready},

@@ -179,10 +179,11 @@ class Scenario:
         assert [job_id for job_id in codes if self.board.pending(job_id)] == []
 
     def stop_all(self) -> None:
+        """SIGKILL every process this test started, children first (granian's and
+        Celery's processes would otherwise outlive their killed parent)."""
         for process in self.processes:
             if process.popen.poll() is None:
-                process.popen.kill()
-                process.popen.wait()
+                sigkill(process)
 
 
 @pytest.fixture

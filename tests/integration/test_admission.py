@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from contacts_ingest.jobs import Admission, ContactJob, Idempotency, JobBoard, new_job_id
-from contacts_ingest.producer import CeleryMessages, CeleryPublisher, producer_celery
+from contacts_ingest.messages import CeleryMessages
+from contacts_ingest.producer import CeleryPublisher, producer_celery
 from contacts_ingest.settings import Settings
 from tests.conftest import unique
 
