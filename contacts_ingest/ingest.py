@@ -171,6 +171,24 @@ def _parsed(body: object) -> ContactRequest | ContactInvalid:
         return invalid
 
 
+# Every column a create may set, so that all rows of a multi-row insert name the same.
+_CREATE_COLUMNS = (
+    *("email", "first_name", "last_name", "phone", "company", "job_title"),
+    *("social_profiles", "status", "custom_fields", "source", "workspace_id"),
+)
+
+
+def _created_outcome(
+    request: ContactRequest | ContactInvalid, row: RowMapping | None
+) -> tuple[str, int, dict[str, Any] | None, dict[str, Any] | None]:
+    """One create item's outcome, given the row its insert returned (or not)."""
+    if isinstance(request, ContactInvalid):
+        return "failed", 400, None, _failure(400, request.message, request.errors)
+    if row is None:
+        return "failed", 409, None, _failure(409, DUPLICATE_MESSAGE, None)
+    return "succeeded", 201, {"code": 201, "data": contact_document(row)}, None
+
+
 # A job's final status row: status, code, result, error, contact id.
 _Applied = tuple[str, int, dict[str, Any] | None, dict[str, Any] | None, str | None]
 
@@ -287,9 +305,16 @@ class ContactIngestor:
             return "failed", 400, None, _failure(400, invalid.message, invalid.errors), None
         counts = {"created": 0, "updated": 0, "failed": 0}
         results: list[dict[str, Any]] = []
+        parsed = [_parsed(item) for item in items]
+        created = self._create_many(conn, job, parsed) if job.operation == "create" else None
         for index, item in enumerate(items):
-            one = replace(job, body=item, accepted_at_us=job.accepted_at_us + index, batch=False)
-            status, code, result, error, _ = self._apply_single(conn, one, _parsed(item))
+            if created is not None:  # creates went in one statement; report each
+                status, code, result, error = _created_outcome(parsed[index], created[index])
+            else:
+                one = replace(
+                    job, body=item, accepted_at_us=job.accepted_at_us + index, batch=False
+                )
+                status, code, result, error, _ = self._apply_single(conn, one, parsed[index])
             if status == "succeeded":
                 assert result is not None
                 counts["created" if code == 201 else "updated"] += 1
@@ -305,6 +330,52 @@ class ContactIngestor:
                     item_error["errors"] = error["errors"]
                 results.append(item_error)
         return "succeeded", 200, {"code": 200, "counts": counts, "items": results}, None, None
+
+    def _create_many(
+        self, conn: Connection, job: ContactJob, requests: list[ContactRequest | ContactInvalid]
+    ) -> list[RowMapping | None]:
+        """Insert every valid contact of a create batch in one statement.
+
+        Returns, per item, its new row, or None (invalid, or its email exists: in the
+        table already, or earlier in the batch, whose first occurrence wins).
+        """
+        rows: list[dict[str, Any]] = []
+        now = conn.execute(select(func.now())).scalar_one()  # the transaction's time
+        for index, request in enumerate(requests):
+            if isinstance(request, ContactInvalid):
+                continue
+            changes = request.changes()
+            values: dict[str, Any] = dict.fromkeys(_CREATE_COLUMNS)
+            values.update(changes)
+            values.update(
+                id=new_contact_id(),
+                user_id=job.user_id,
+                email_key=request.email_key,
+                social_profiles=_without_nulls(changes.get("social_profiles", {})),
+                custom_fields=_without_nulls(changes.get("custom_fields", {})),
+                status=changes.get("status") or request.status,
+                field_versions=_versions_of(changes, job.accepted_at_us + index),
+                created_at=now,
+                updated_at=now,
+            )
+            rows.append(values)
+        inserted: dict[str, RowMapping] = {}
+        if rows:
+            # One compiled statement, sent as multi-row pages (SQLAlchemy's
+            # "insertmanyvalues"); a repeated email within a page inserts once.
+            statement = (
+                pg_insert(contacts)
+                .on_conflict_do_nothing(index_elements=["user_id", "email_key"])
+                .returning(*contacts.c)
+            )
+            inserted = {r["email_key"]: r for r in conn.execute(statement, rows).mappings()}
+        outcome: list[RowMapping | None] = []
+        for request in requests:
+            found = None
+            if isinstance(request, ContactRequest):
+                found = inserted.pop(request.email_key, None)  # only its first occurrence
+            outcome.append(found)
+        return outcome
 
     def _create(self, conn: Connection, job: ContactJob, request: ContactRequest) -> RowMapping:
         row = conn.execute(self._insert_statement(job, request)).mappings().first()

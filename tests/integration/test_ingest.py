@@ -596,3 +596,31 @@ def test_a_malformed_batch_fails_whole_with_400(
     assert (outcome.status, outcome.code) == ("failed", 400)
     assert outcome.error is not None
     assert outcome.error["message"] == "contacts must be an array of 1 to 1000 contacts"
+
+
+def test_a_create_batch_with_repeated_and_existing_emails_reports_each_item(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    run(ingestor, admitted(board, user, {"email": "taken@example.com"}))
+    outcome = run(
+        ingestor,
+        batch(
+            board,
+            user,
+            [
+                {"email": "a@example.com", "firstName": "First", "socialProfiles": {"x": 1}},
+                {"email": "A@example.com", "firstName": "Second"},
+                {"email": "Taken@example.com"},
+                {"email": "b@example.com", "status": "unsubscribed", "customFields": {"k": None}},
+                {"email": 7},
+            ],
+        ),
+    )
+    assert outcome.result is not None
+    assert [i["code"] for i in outcome.result["items"]] == [201, 409, 409, 201, 400]
+    assert outcome.result["counts"] == {"created": 2, "updated": 0, "failed": 3}
+    contacts_by_email = {c["email"]: c for c in stored(engine, user)}
+    assert contacts_by_email["a@example.com"]["first_name"] == "First"  # the first one wins
+    assert contacts_by_email["b@example.com"]["status"] == "unsubscribed"
+    assert contacts_by_email["b@example.com"]["custom_fields"] == {}
+    assert contacts_by_email["a@example.com"]["version"] == 1
