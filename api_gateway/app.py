@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from api_gateway.middleware import AuthMiddleware, MetricsMiddleware, RequestIdMiddleware
 from api_gateway.openapi import openapi_document
 from api_gateway.resources import (
-    BatchResource,
     ContactIntake,
     ContactsResource,
     DeliveryVerifier,
@@ -32,6 +30,7 @@ from api_gateway.resources import (
 )
 from api_gateway.waiting import CompletionListener
 from contacts_ingest.jobs import JobBoard, JobPublisher
+from contacts_ingest.messages import json_bytes
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import FinalJobReader
 
@@ -57,18 +56,6 @@ class GatewayDeps:
     # (production); without it, ``publish`` sends each job after admission instead.
     messages: MessageBuilder | None = None
     publish: JobPublisher | None = None
-
-
-def _dumps(value: Any) -> bytes:
-    """orjson, falling back to the standard library for integers beyond 64 bits.
-
-    PostgreSQL's JSONB keeps such numbers (a customFields value like 1e29 comes back
-    as an integer), and orjson refuses to write them.
-    """
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
@@ -112,7 +99,7 @@ def create_app(
         middleware=middleware,
         cors_enable=False,
     )
-    json_handler = JSONHandler(dumps=_dumps, loads=orjson.loads)
+    json_handler = JSONHandler(dumps=json_bytes, loads=orjson.loads)
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.req_options.strip_url_path_trailing_slash = True
@@ -126,7 +113,7 @@ def create_app(
         settings, deps.board, deps.publish, deps.final_job, deps.completions, deps.messages
     )
     app.add_route("/io/contacts/contacts", ContactsResource(intake))
-    app.add_route("/io/contacts/contacts/batch", BatchResource(intake))
+    app.add_route("/io/contacts/contacts/batch", ContactsResource(intake, batch=True))
     app.add_route(
         "/io/contacts/webhooks/{endpoint_id}", WebhookResource(intake, deps.user_for_delivery)
     )

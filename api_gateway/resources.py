@@ -353,10 +353,13 @@ class ContactIntake:
 
 
 class ContactsResource:
-    """POST /io/contacts/contacts: a write authenticated by the user's bearer key."""
+    """POST /io/contacts/contacts (one contact) and, with ``batch``, .../batch (up to
+    1,000 as one job): writes authenticated by the user's bearer key."""
 
-    def __init__(self, intake: ContactIntake) -> None:
+    def __init__(self, intake: ContactIntake, *, batch: bool = False) -> None:
         self._intake = intake
+        self._batch = batch
+        self._max_body = MAX_BATCH_BODY_BYTES if batch else MAX_BODY_BYTES
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         header = req.get_header("Idempotency-Key")
@@ -364,26 +367,9 @@ class ContactsResource:
             req,
             resp,
             user_id=req.context.user_id,
-            read_body=lambda: _read_body(req),
+            read_body=lambda: _read_body(req, self._max_body),
             key=IdempotencyKey(header) if header is not None else None,
-        )
-
-
-class BatchResource:
-    """POST /io/contacts/contacts/batch: up to 1,000 contacts as one job."""
-
-    def __init__(self, intake: ContactIntake) -> None:
-        self._intake = intake
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        header = req.get_header("Idempotency-Key")
-        self._intake.accept(
-            req,
-            resp,
-            user_id=req.context.user_id,
-            read_body=lambda: _read_body(req, MAX_BATCH_BODY_BYTES),
-            key=IdempotencyKey(header) if header is not None else None,
-            batch=True,
+            batch=self._batch,
         )
 
 

@@ -19,7 +19,6 @@ import platform
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +43,7 @@ GRANIAN = str(Path(sys.executable).parent / "granian")
 WRK_SCRIPT = str(ROOT / "bench" / "wrk_post_contacts.lua")
 
 sys.path.insert(0, str(ROOT))
+from contacts_ingest.devserver import free_port  # noqa: E402
 from contacts_ingest.migrate import upgrade  # noqa: E402
 from contacts_ingest.producer import ContactProducer  # noqa: E402
 from contacts_ingest.settings import Settings, sqlalchemy_url  # noqa: E402
@@ -64,12 +64,6 @@ class Profile:
 
 FULL = Profile(15, (250, 500, 1000, 2000, 4000), 10_000, 20, 5_000, 100_000, 1000, 60, 120)
 QUICK = Profile(5, (250, 1000), 2_000, 4, 1_000, 20_000, 200, 10, 60)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Stack:

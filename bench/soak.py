@@ -26,6 +26,7 @@ import redis
 import requests
 from sqlalchemy import create_engine, make_url, text
 
+from contacts_ingest.devserver import free_port
 from contacts_ingest.migrate import upgrade
 from contacts_ingest.settings import Settings, sqlalchemy_url
 
@@ -51,14 +52,6 @@ class Report:
 def tree_rss_mib(pid: int) -> float:
     root = psutil.Process(pid)
     return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> int:

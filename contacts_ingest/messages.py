@@ -42,7 +42,9 @@ class CeleryMessages:
         rest = {k: v for k, v in job.to_message().items() if k != "accepted_at_us"}
         # The placeholder comes before anything a client wrote, so the script's first
         # match is always it.
-        job_json = b'{"accepted_at_us":' + ACCEPTED_AT_PLACEHOLDER.encode() + b"," + _json(rest)[1:]
+        job_json = (
+            b'{"accepted_at_us":' + ACCEPTED_AT_PLACEHOLDER.encode() + b"," + json_bytes(rest)[1:]
+        )
         body = (
             b'[[],{"job":'
             + job_json
@@ -69,11 +71,12 @@ class CeleryMessages:
                 "priority": 0, "delivery_tag": str(uuid.uuid4()),
             },
         }  # fmt: skip
-        return self.queue_key, _json(message)
+        return self.queue_key, json_bytes(message)
 
 
-def _json(value: Any) -> bytes:
-    """orjson, or the standard library for integers beyond 64 bits."""
+def json_bytes(value: Any) -> bytes:
+    """Compact JSON: orjson, or the standard library for integers beyond 64 bits
+    (PostgreSQL's JSONB keeps them, and clients may send them; orjson refuses them)."""
     try:
         return orjson.dumps(value)
     except TypeError:

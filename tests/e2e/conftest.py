@@ -57,10 +57,12 @@ def start(args: list[str], env: dict[str, str], log: Path) -> Process:
     return Process(popen, log)
 
 
-def start_gateway(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
+def start_gateway(env: dict[str, str], log_dir: Path, workers: int = 1) -> tuple[Process, str]:
     port = free_port()
     process = start(
-        ["serve", "--port", str(port), "--workers", "1"], env, log_dir / f"serve-{port}.log"
+        ["serve", "--port", str(port), "--workers", str(workers)],
+        env,
+        log_dir / f"serve-{port}.log",
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -11,13 +10,7 @@ import requests
 
 from contacts_ingest.settings import Settings
 from tests.conftest import free_port, unique
-from tests.e2e.conftest import (
-    create_key,
-    service_env,
-    start,
-    start_worker,
-    wait_final,
-)
+from tests.e2e.conftest import create_key, service_env, start_gateway, start_worker, wait_final
 
 pytestmark = pytest.mark.e2e
 
@@ -36,20 +29,9 @@ def test_gateway_and_worker_metrics_count_what_happened(settings: Settings, log_
     env = service_env(
         settings, CELERY_QUEUE=unique("contacts-metrics"), WORKER_METRICS_PORT=str(port)
     )
-    gateway = start(["serve", "--port", str(gport := free_port()), "--workers", "2"], env,
-                    log_dir / "metrics-serve.log")  # fmt: skip
     worker = start_worker(env, log_dir, "metrics-worker")
-    base = f"http://127.0.0.1:{gport}"
+    gateway, base = start_gateway(env, log_dir, workers=2)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, gateway.log.read_text()
-            time.sleep(0.1)
         auth = {"Authorization": f"Bearer {create_key(env, unique('user'))}"}
         job_ids = [
             requests.post(f"{base}/io/contacts/contacts", json={"email": f"m{i}@example.com"},

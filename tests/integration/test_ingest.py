@@ -35,12 +35,16 @@ def user() -> str:
     return unique("user")
 
 
-def admitted(board: JobBoard, user: str, body: Any, *, upsert: bool = False) -> dict[str, Any]:
+def admitted(
+    board: JobBoard, user: str, body: Any, *, upsert: bool = False, batch: bool = False
+) -> dict[str, Any]:
     """A job message as a producer would publish it, with its queued record in Redis."""
     job_id = new_job_id()
     operation: Operation = "upsert" if upsert else "create"
     admission = board.admit(user_id=user, member=job_id, job=(job_id, operation), limit=None)
-    return ContactJob(job_id, user, operation, body, admission.accepted_at_us).to_message()
+    return ContactJob(
+        job_id, user, operation, body, admission.accepted_at_us, batch=batch
+    ).to_message()
 
 
 def upserts_in_acceptance_order(
@@ -523,12 +527,7 @@ def test_an_unsubscribed_contact_is_resubscribed_only_when_asked_by_name(
 
 
 def batch(board: JobBoard, user: str, contacts: Any, *, upsert: bool = False) -> dict[str, Any]:
-    job_id = new_job_id()
-    operation: Operation = "upsert" if upsert else "create"
-    admission = board.admit(user_id=user, member=job_id, job=(job_id, operation), limit=None)
-    return ContactJob(
-        job_id, user, operation, {"contacts": contacts}, admission.accepted_at_us, batch=True
-    ).to_message()
+    return admitted(board, user, {"contacts": contacts}, upsert=upsert, batch=True)
 
 
 def test_a_batch_reports_counts_and_each_item_with_its_errors_inline(
