@@ -27,6 +27,9 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         },
         "task_default_queue": settings.celery_queue,
         "worker_send_task_events": settings.worker_send_events,
+        # A worker holds up to this many messages per process, so that while its
+        # processes are busy the next batch can fill (worker/batching.py).
+        "worker_prefetch_multiplier": 2 * settings.worker_batch_size,
     }
 
 
@@ -40,10 +43,10 @@ task_ignore_result = True
 result_backend = None
 
 # Acknowledge only after the task returned, and redeliver if its process died:
-# at-least-once delivery, made exactly-once by the job id's status row.
+# at-least-once delivery, made exactly-once by the job id's status row. (The contact
+# task batches its messages and does the same itself: worker/batching.py.)
 task_acks_late = True
 task_reject_on_worker_lost = True
-worker_prefetch_multiplier = 4
 worker_hijack_root_logger = False
 
 globals().update(from_settings(Settings()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -189,6 +190,12 @@ def _created_outcome(
     return "succeeded", 201, {"code": 201, "data": contact_document(row)}, None
 
 
+# Takes every job id's transaction-scoped advisory lock, in one fixed order.
+_LOCK_JOBS = text(
+    "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(j, 0) AS k"
+    " FROM unnest(CAST(:job_ids AS text[])) AS j ORDER BY k) AS locks"
+)
+
 # A job's final status row: status, code, result, error, contact id.
 _Applied = tuple[str, int, dict[str, Any] | None, dict[str, Any] | None, str | None]
 
@@ -207,76 +214,107 @@ class ContactIngestor:
         (logged and dropped: there is no status row to write it to). Database
         errors propagate; the caller retries them.
         """
-        try:
-            job = ContactJob.from_message(message)
-        except InvalidJobMessage as exc:
-            log.error("dropping unreadable job message", extra={"reason": str(exc)})
-            return None
+        return self.process_many([message])[0]
+
+    def process_many(self, messages: Sequence[object]) -> list[Outcome | None]:
+        """Apply the jobs in ``messages`` in one transaction, each exactly once.
+
+        ``process`` for many jobs: one outcome per message, in order (None for a
+        message naming no job; a job delivered twice in one call gets its outcome
+        twice, the second time as replayed). Every job's writes and final status row
+        commit together, so a database error rolls all of them back and propagates.
+        Jobs are applied in the order they were accepted.
+        """
+        jobs: dict[str, ContactJob] = {}
+        order: list[str | None] = []
+        for message in messages:
+            try:
+                job = ContactJob.from_message(message)
+            except InvalidJobMessage as exc:
+                log.error("dropping unreadable job message", extra={"reason": str(exc)})
+                order.append(None)
+                continue
+            jobs.setdefault(job.job_id, job)
+            order.append(job.job_id)
+        if not jobs:
+            return [None] * len(order)
         started = datetime.now(UTC)
-        attempts = max(1, self._board.start(job.job_id))
+        ids = list(jobs)
+        attempts = {
+            job_id: max(1, n) for job_id, n in zip(ids, self._board.start_many(ids), strict=True)
+        }
         # Validation runs outside the transaction; a batch validates item by item inside.
-        request = None if job.batch else _parsed(job.body)
+        requests = {job.job_id: None if job.batch else _parsed(job.body) for job in jobs.values()}
         with self._engine.begin() as conn:
-            outcome = self._apply_once(conn, job, request, started=started, attempts=attempts)
-        self._board.forget(job.job_id)
-        log.info(
-            "job already recorded" if outcome.replayed else "job finished",
-            extra={
-                "job_id": job.job_id,
-                "request_id": job.request_id,
-                "status": outcome.status,
-                "code": outcome.code,
-                "attempts": attempts,
-            },
-        )
-        return outcome
+            outcomes = self._apply_once(conn, jobs, requests, started=started, attempts=attempts)
+        self._board.forget_many(ids)
+        for job_id, outcome in outcomes.items():
+            log.info(
+                "job already recorded" if outcome.replayed else "job finished",
+                extra={
+                    "job_id": job_id,
+                    "request_id": jobs[job_id].request_id,
+                    "status": outcome.status,
+                    "code": outcome.code,
+                    "attempts": attempts[job_id],
+                },
+            )
+        answered: set[str] = set()
+        results: list[Outcome | None] = []
+        for named in order:
+            if named is None:
+                results.append(None)
+            elif named in answered:
+                results.append(replace(outcomes[named], replayed=True))
+            else:
+                answered.add(named)
+                results.append(outcomes[named])
+        return results
 
     def _apply_once(
         self,
         conn: Connection,
-        job: ContactJob,
-        request: ContactRequest | ContactInvalid | None,
+        jobs: dict[str, ContactJob],
+        requests: dict[str, ContactRequest | ContactInvalid | None],
         *,
         started: datetime,
-        attempts: int,
-    ) -> Outcome:
+        attempts: dict[str, int],
+    ) -> dict[str, Outcome]:
         # Serialises concurrent deliveries of one job id (a visibility-timeout redelivery
-        # racing the original): the second waits, then finds the first one's row.
-        conn.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:job_id, 0))"),
-            {"job_id": job.job_id},
-        )
-        done = (
-            conn.execute(select(contact_jobs).where(contact_jobs.c.job_id == job.job_id))
-            .mappings()
-            .first()
-        )
-        if done is not None:
-            return Outcome.from_row(done, replayed=True)
-
-        if request is None:
-            status, code, result, error, contact_id = self._apply_batch(conn, job)
-        else:
-            status, code, result, error, contact_id = self._apply_single(conn, job, request)
-
-        conn.execute(
-            insert(contact_jobs).values(
-                job_id=job.job_id,
-                user_id=job.user_id,
-                operation=job.operation,
-                status=status,
-                code=code,
-                result=result,
-                error=error,
-                contact_id=contact_id,
-                attempts=attempts,
-                request_id=job.request_id,
-                accepted_at=datetime_from_us(job.accepted_at_us),
-                started_at=started,
-                finished_at=func.clock_timestamp(),
+        # racing the original): the second waits, then finds the first one's row. Locks
+        # are taken in one statement, in a fixed order, so two workers cannot deadlock.
+        conn.execute(_LOCK_JOBS, {"job_ids": list(jobs)})
+        done = conn.execute(select(contact_jobs).where(contact_jobs.c.job_id.in_(list(jobs))))
+        outcomes = {row["job_id"]: Outcome.from_row(row, replayed=True) for row in done.mappings()}
+        rows: list[dict[str, Any]] = []
+        for job in sorted(jobs.values(), key=lambda job: job.accepted_at_us):
+            if job.job_id in outcomes:
+                continue
+            request = requests[job.job_id]
+            if request is None:
+                status, code, result, error, contact_id = self._apply_batch(conn, job)
+            else:
+                status, code, result, error, contact_id = self._apply_single(conn, job, request)
+            outcomes[job.job_id] = Outcome(job.job_id, status, code, result, error)
+            rows.append(
+                {
+                    "job_id": job.job_id,
+                    "user_id": job.user_id,
+                    "operation": job.operation,
+                    "status": status,
+                    "code": code,
+                    "result": result,
+                    "error": error,
+                    "contact_id": contact_id,
+                    "attempts": attempts[job.job_id],
+                    "request_id": job.request_id,
+                    "accepted_at": datetime_from_us(job.accepted_at_us),
+                    "started_at": started,
+                }
             )
-        )
-        return Outcome(job.job_id, status, code, result, error)
+        if rows:
+            conn.execute(insert(contact_jobs).values(finished_at=func.clock_timestamp()), rows)
+        return outcomes
 
     def _apply_single(
         self, conn: Connection, job: ContactJob, request: ContactRequest | ContactInvalid

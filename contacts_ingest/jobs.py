@@ -354,6 +354,13 @@ class JobBoard:
         """Mark the job as processing; return the attempt number (0 if it has no record)."""
         return int(self._start(keys=[self.record_key(job_id)]))
 
+    def start_many(self, job_ids: list[str]) -> list[int]:
+        """``start`` for many jobs in one round trip; attempt numbers in the same order."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            self._start(keys=[self.record_key(job_id)], client=pipe)
+        return [int(n) for n in pipe.execute()]
+
     def completion_channel(self, job_id: str) -> str:
         return f"{self._prefix}done:{job_id}"
 
@@ -366,6 +373,15 @@ class JobBoard:
         A client waiting on the job (``watch``) is told on its completion channel.
         """
         self._forget(keys=[self.record_key(job_id), self.completion_channel(job_id)])
+
+    def forget_many(self, job_ids: list[str]) -> None:
+        """``forget`` for many jobs in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            self._forget(
+                keys=[self.record_key(job_id), self.completion_channel(job_id)], client=pipe
+            )
+        pipe.execute()
 
     def watch(self, job_id: str) -> bool:
         """Ask to be told on the completion channel when the job is final.

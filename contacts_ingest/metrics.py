@@ -49,11 +49,16 @@ JOBS = Counter(
     ["status", "code", "kind"],
 )  # fmt: skip
 JOB_SECONDS = Histogram(
-    "contacts_worker_job_duration_seconds", "Time to process one delivery of a job.", ["kind"],
+    "contacts_worker_job_duration_seconds",
+    "Time to process one delivery of a job (its batch's whole transaction).", ["kind"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )  # fmt: skip
+BATCH_JOBS = Histogram(
+    "contacts_worker_batch_jobs", "Jobs applied together in one transaction.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)  # fmt: skip
 RETRIES = Counter(
-    "contacts_worker_retries_total", "Job deliveries retried after a transient error."
+    "contacts_worker_retries_total", "Attempts at a batch of jobs that met a transient error."
 )
 
 

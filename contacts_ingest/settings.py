@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     key_cache_ttl_seconds: float = Field(default=10.0, ge=0)
     # How long a queued job's record lives in Redis if no worker ever finishes it.
     job_record_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    # The most jobs a worker process applies in one transaction (see worker/batching.py).
+    worker_batch_size: int = Field(default=200, ge=1, le=5000)
     # Base and cap, in seconds, of the exponential backoff for transient database errors.
     retry_backoff_seconds: int = Field(default=1, ge=1)
     retry_backoff_max_seconds: int = Field(default=60, ge=1)

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import random
+import time
 from functools import cache
 from typing import Any
 
 import redis
-from celery import Task
-from celery.exceptions import Reject
-from celery.signals import task_retry, worker_process_shutdown
+from celery.signals import worker_process_shutdown
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from contacts_ingest.database import make_engine
-from contacts_ingest.ingest import ContactIngestor
+from contacts_ingest.ingest import ContactIngestor, Outcome
 from contacts_ingest.jobs import TASK_NAME, JobBoard
-from contacts_ingest.metrics import JOB_SECONDS, JOBS, RETRIES
+from contacts_ingest.metrics import BATCH_JOBS, JOB_SECONDS, JOBS, RETRIES
 from contacts_ingest.metrics_dir import MULTIPROC_ENV
 from contacts_ingest.settings import Settings
 from worker.app import app
+from worker.batching import BatchTask
+
+log = logging.getLogger(__name__)
 
 _settings = Settings()
 
-# Only failures that a later attempt can overcome are retried; a job that breaks a rule
-# is recorded as failed by the service and never raised here.
+# Only failures that a later attempt can overcome are retried (a deadlock between two
+# workers' transactions is an OperationalError too); a job that breaks a rule is
+# recorded as failed by the service and never raised here.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
+# Attempts at a batch before its jobs go back on the queue (the wait between them grows).
+ATTEMPTS_BEFORE_HANDING_BACK = 3
 
 
 @cache
@@ -32,53 +39,76 @@ def ingestor() -> ContactIngestor:
     """One ingestor per worker process, built lazily so no connection crosses a fork."""
     client = redis.Redis.from_url(_settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     # No ping before each job: a connection that died (a PostgreSQL restart) fails the
-    # job with OperationalError, which is retried, and the pool replaces it.
+    # batch with OperationalError, which is retried, and the pool replaces it.
     return ContactIngestor(
         make_engine(_settings.database_url, pre_ping=False),
         JobBoard.for_settings(client, _settings),
     )
 
 
-class RedeliveredIfRetryFails(Task):  # type: ignore[misc]
-    """A task whose retry, if it cannot be published, leaves the message to come back.
+def _backoff(attempt: int) -> float:
+    base = _settings.retry_backoff_seconds * 2**attempt
+    return random.uniform(0, min(base, _settings.retry_backoff_max_seconds))
 
-    Celery publishes a retry as a new message; when that fails (Redis is down too), it
-    rejects the original without requeueing, which drops the job. Rejecting it with
-    requeue instead keeps it: put back on the queue, or, if Redis cannot be reached,
-    left in the unacked hash, from which a worker restores it after the visibility
-    timeout.
+
+def _kind(job: Any) -> str:
+    return "batch" if isinstance(job, dict) and job.get("batch") is True else "single"
+
+
+def apply_jobs(jobs: list[Any]) -> list[int]:
+    """Apply ``jobs`` in one transaction; return the indices of jobs to put back on the queue.
+
+    A transient error (PostgreSQL or Redis unreachable, a deadlock) is retried a few
+    times, then every job goes back on the queue. Any other error means one job
+    breaks something unforeseen: the jobs are then applied one by one, so the others
+    still finish; the one that fails again is logged and left without a final row.
     """
-
-    def retry(self, *args: Any, **kwargs: Any) -> Any:
+    started = time.monotonic()
+    for attempt in range(ATTEMPTS_BEFORE_HANDING_BACK):
         try:
-            return super().retry(*args, **kwargs)
-        except Reject as refused:
-            if refused.requeue:
-                raise
-            raise Reject(refused.reason, requeue=True) from None
+            outcomes = ingestor().process_many(jobs)
+        except TRANSIENT_ERRORS as exc:
+            RETRIES.inc()
+            log.warning("transient error applying %d job(s): %s", len(jobs), type(exc).__name__)
+            if attempt + 1 < ATTEMPTS_BEFORE_HANDING_BACK:
+                time.sleep(_backoff(attempt))
+            continue
+        except Exception:
+            if len(jobs) == 1:
+                log.exception("job failed with an unexpected error")
+                return []
+            log.exception("batch of %d failed; applying its jobs one by one", len(jobs))
+            return [i for i, job in enumerate(jobs) if apply_jobs([job])]
+        _count(jobs, outcomes, time.monotonic() - started)
+        return []
+    return list(range(len(jobs)))
 
 
-@app.task(
-    base=RedeliveredIfRetryFails,
-    name=TASK_NAME,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=_settings.retry_backoff_seconds,
-    retry_backoff_max=_settings.retry_backoff_max_seconds,
-    retry_jitter=True,
-    max_retries=None,
-)
+def _count(jobs: list[Any], outcomes: list[Outcome | None], seconds: float) -> None:
+    BATCH_JOBS.observe(len(jobs))
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        kind = _kind(job)
+        JOB_SECONDS.labels(kind).observe(seconds)
+        if outcome is not None and not outcome.replayed:
+            JOBS.labels(outcome.status, str(outcome.code), kind).inc()
+
+
+class ContactJobs(BatchTask):
+    batch_size = _settings.worker_batch_size
+
+    def run_batch(self, jobs: list[Any]) -> list[int]:
+        return apply_jobs(jobs)
+
+
+@app.task(base=ContactJobs, name=TASK_NAME)
 def ingest_contact(job: Any) -> None:
-    """Apply one contact job; its outcome is written to the status table."""
-    kind = "batch" if isinstance(job, dict) and job.get("batch") is True else "single"
-    with JOB_SECONDS.labels(kind).time():
-        outcome = ingestor().process(job)
-    if outcome is not None and not outcome.replayed:
-        JOBS.labels(outcome.status, str(outcome.code), kind).inc()
+    """Apply one contact job; its outcome is written to the status table.
 
-
-@task_retry.connect
-def _count_retry(**_: Any) -> None:
-    RETRIES.inc()
+    Workers do not call this: they apply the task's messages in batches
+    (``ContactJobs.run_batch``). It serves eager calls, with the same handling.
+    """
+    if apply_jobs([job]):
+        raise RuntimeError("job could not be applied now; try again")
 
 
 @worker_process_shutdown.connect

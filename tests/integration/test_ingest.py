@@ -623,3 +623,100 @@ def test_a_create_batch_with_repeated_and_existing_emails_reports_each_item(
     assert contacts_by_email["b@example.com"]["status"] == "unsubscribed"
     assert contacts_by_email["b@example.com"]["custom_fields"] == {}
     assert contacts_by_email["a@example.com"]["version"] == 1
+
+
+# Many jobs in one transaction (what a worker process does with a batch of messages).
+
+
+def test_many_jobs_apply_in_one_call_each_with_its_own_outcome(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    messages = [
+        admitted(board, user, {"email": "one@example.com"}),
+        admitted(board, user, {"email": "not-an-email"}),
+        admitted(board, user, {"email": "two@example.com", "firstName": "Two"}, upsert=True),
+        {"job_id": 42},
+    ]
+    outcomes = ingestor.process_many(messages)
+    assert [o.code if o else None for o in outcomes] == [201, 400, 201, None]
+    for message, outcome in zip(messages[:3], outcomes, strict=False):
+        assert outcome is not None
+        row = read_final_job(engine, message["job_id"])
+        assert row is not None
+        assert (row["code"], row["attempts"]) == (outcome.code, 1)
+        assert board.pending(message["job_id"]) is None
+    assert sorted(c["email"] for c in stored(engine, user)) == [
+        "one@example.com",
+        "two@example.com",
+    ]
+
+
+def test_the_same_email_created_twice_in_one_call_goes_to_the_first_accepted(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    first = admitted(board, user, {"email": "dup@example.com", "firstName": "First"})
+    second = admitted(board, user, {"email": "DUP@example.com", "firstName": "Second"})
+    # Delivered in the opposite order: acceptance decides, not delivery.
+    outcomes = ingestor.process_many([second, first])
+    assert [o.code if o else None for o in outcomes] == [409, 201]
+    assert [c["first_name"] for c in stored(engine, user)] == ["First"]
+
+
+def test_upserts_of_one_contact_in_one_call_end_with_the_latest_values(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    older, newer = upserts_in_acceptance_order(
+        board,
+        user,
+        {"email": "u@example.com", "firstName": "Old", "company": "Acme"},
+        {"email": "u@example.com", "firstName": "New"},
+    )
+    outcomes = ingestor.process_many([newer, older])
+    assert [o.code if o else None for o in outcomes] == [200, 201]
+    [contact] = stored(engine, user)
+    assert (contact["first_name"], contact["company"]) == ("New", "Acme")
+
+
+def test_a_job_twice_in_one_call_is_applied_once_and_answered_twice(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    message = admitted(board, user, {"email": "twice@example.com", "firstName": "T"}, upsert=True)
+    done_before = admitted(board, user, {"email": "before@example.com"})
+    run(ingestor, done_before)
+    outcomes = ingestor.process_many([message, done_before, message])
+    assert [(o.code, o.replayed) if o else None for o in outcomes] == [
+        (201, False),
+        (201, True),
+        (201, True),
+    ]
+    assert [c["version"] for c in stored(engine, user) if c["email"] == "twice@example.com"] == [1]
+
+
+def test_a_failed_transaction_leaves_none_of_its_jobs_applied(
+    ingestor: ContactIngestor,
+    board: JobBoard,
+    engine: Engine,
+    user: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    messages = [admitted(board, user, {"email": f"r{i}@example.com"}) for i in range(3)]
+    original = ingestor._apply_single
+    calls = 0
+
+    def fail_on_third(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise OperationalError("INSERT", {}, Exception("connection lost"))
+        return original(*args)
+
+    monkeypatch.setattr(ingestor, "_apply_single", fail_on_third)
+    with pytest.raises(OperationalError):
+        ingestor.process_many(messages)
+    assert stored(engine, user) == []
+    assert all(read_final_job(engine, m["job_id"]) is None for m in messages)
+    assert all(board.pending(m["job_id"]) for m in messages)  # still pending: redelivered later
+    monkeypatch.undo()
+    assert [o.code if o else None for o in ingestor.process_many(messages)] == [201] * 3

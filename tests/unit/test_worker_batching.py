@@ -1,0 +1,189 @@
+"""How a worker groups task messages into batches, and what it acknowledges (no servers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+import worker.tasks as tasks
+from contacts_ingest.ingest import Outcome
+from worker.batching import BatchTask
+
+
+class FakeMessage:
+    def __init__(self, job: Any) -> None:
+        self.payload = [[], {"job": job}, {}]
+
+
+class FakePool:
+    """Holds each batch until the test says how it ended."""
+
+    limit = 2
+
+    def __init__(self) -> None:
+        self.running: list[tuple[list[Any], Callable[[Any], None], Callable[[Any], None]]] = []
+
+    def apply_async(
+        self,
+        target: Any,
+        args: tuple[str, list[Any]],
+        callback: Callable[[Any], None],
+        error_callback: Callable[[Any], None],
+        **_: Any,
+    ) -> None:
+        self.running.append((args[1], callback, error_callback))
+
+    def finish(self, hand_back: list[int] | None = None) -> list[Any]:
+        jobs, callback, _ = self.running.pop(0)
+        callback(hand_back or [])
+        return jobs
+
+    def lose(self) -> list[Any]:
+        jobs, _, error_callback = self.running.pop(0)
+        error_callback(RuntimeError("process died"))
+        return jobs
+
+
+class Settled:
+    def __init__(self) -> None:
+        self.acked: list[Any] = []
+        self.requeued: list[Any] = []
+
+    def deliver(self, handler: Callable[..., None], job: Any) -> None:
+        handler(
+            FakeMessage(job),
+            None,
+            lambda *_: self.acked.append(job),
+            lambda *_, requeue=False: self.requeued.append((job, requeue)),
+            set(),
+        )
+
+
+class Batched(BatchTask):
+    name = "test.batched"
+    batch_size = 3
+
+
+@pytest.fixture
+def pool() -> FakePool:
+    return FakePool()
+
+
+@pytest.fixture
+def handler(pool: FakePool) -> Callable[..., None]:
+    consumer = type("Consumer", (), {"pool": pool, "connection_errors": ()})()
+    task = Batched()
+    return task.Strategy(task, None, consumer)
+
+
+def test_a_worker_that_keeps_up_hands_over_each_message_at_once(
+    pool: FakePool, handler: Callable[..., None]
+) -> None:
+    settled = Settled()
+    settled.deliver(handler, "a")
+    settled.deliver(handler, "b")
+    assert [jobs for jobs, *_ in pool.running] == [["a"], ["b"]]
+
+
+def test_messages_arriving_while_every_process_is_busy_go_together_up_to_the_batch_size(
+    pool: FakePool, handler: Callable[..., None]
+) -> None:
+    settled = Settled()
+    for job in "abcdefg":
+        settled.deliver(handler, job)
+    assert [jobs for jobs, *_ in pool.running] == [["a"], ["b"]]
+    assert pool.finish() == ["a"]
+    assert [jobs for jobs, *_ in pool.running] == [["b"], ["c", "d", "e"]]
+    assert settled.acked == ["a"]  # acknowledged only once its batch returned
+    pool.finish()
+    assert [jobs for jobs, *_ in pool.running] == [["c", "d", "e"], ["f", "g"]]
+
+
+def test_jobs_a_batch_hands_back_are_requeued_and_the_rest_acknowledged(
+    pool: FakePool, handler: Callable[..., None]
+) -> None:
+    settled = Settled()
+    for job in "abcd":
+        settled.deliver(handler, job)
+    pool.finish()
+    pool.finish()
+    assert pool.finish(hand_back=[1]) == ["c", "d"]
+    assert settled.acked == ["a", "b", "c"]
+    assert settled.requeued == [("d", True)]
+
+
+def test_a_batch_whose_process_died_goes_back_on_the_queue_whole(
+    pool: FakePool, handler: Callable[..., None]
+) -> None:
+    settled = Settled()
+    for job in "abc":
+        settled.deliver(handler, job)
+    pool.lose()
+    assert settled.requeued == [("a", True)]
+    assert settled.acked == []
+    assert [jobs for jobs, *_ in pool.running] == [["b"], ["c"]]
+
+
+class FakeIngestor:
+    def __init__(self, *failures: BaseException) -> None:
+        self.failures = list(failures)
+        self.calls: list[list[Any]] = []
+
+    def process_many(self, jobs: list[Any]) -> list[Outcome | None]:
+        self.calls.append(list(jobs))
+        if self.failures:
+            raise self.failures.pop(0)
+        return [Outcome(str(job), "succeeded", 201) for job in jobs]
+
+
+@pytest.fixture
+def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("worker.tasks.time.sleep", lambda _: None)
+
+
+def use(monkeypatch: pytest.MonkeyPatch, fake: FakeIngestor) -> None:
+    monkeypatch.setattr(tasks, "ingestor", lambda: fake)
+
+
+def transient() -> OperationalError:
+    return OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_a_transient_error_is_retried_and_the_batch_then_succeeds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeIngestor(transient())
+    use(monkeypatch, fake)
+    assert tasks.apply_jobs(["a", "b"]) == []
+    assert fake.calls == [["a", "b"], ["a", "b"]]
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_a_batch_that_keeps_failing_transiently_is_handed_back_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeIngestor(*[transient() for _ in range(tasks.ATTEMPTS_BEFORE_HANDING_BACK)])
+    use(monkeypatch, fake)
+    assert tasks.apply_jobs(["a", "b"]) == [0, 1]
+    assert len(fake.calls) == tasks.ATTEMPTS_BEFORE_HANDING_BACK
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_an_unexpected_error_isolates_the_job_that_causes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Picky(FakeIngestor):
+        def process_many(self, jobs: list[Any]) -> list[Outcome | None]:
+            self.calls.append(list(jobs))
+            if "bad" in jobs:
+                raise ValueError("a bug")
+            return [Outcome(str(job), "succeeded", 201) for job in jobs]
+
+    fake = Picky()
+    use(monkeypatch, fake)
+    assert tasks.apply_jobs(["a", "bad", "c"]) == []  # the bad one is logged, not retried
+    assert fake.calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]

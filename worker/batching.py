@@ -1,0 +1,131 @@
+"""A Celery task type whose messages a worker applies many at a time.
+
+Celery hands each message to a pool process on its own, so each job pays its own
+transaction and commit. A ``BatchTask`` instead keeps the messages that arrive while
+every pool process is busy, and hands them to the next free process together (at
+most ``batch_size``): when the worker keeps up, each job still goes alone and at
+once; under load, batches grow by themselves.
+
+Acknowledgement stays late: a batch's messages are acknowledged only once the
+process returned, except those it names to hand back, which are put back on the
+queue (its transient failures). If the process dies, all of its batch is put back
+(as ``task_reject_on_worker_lost`` does for a single task); if the worker dies,
+Redis still holds every message unacknowledged and redelivers it.
+
+The prefetch limit (``worker_prefetch_multiplier`` x processes) bounds how many
+messages a worker holds; it must exceed ``batch_size`` for batches to fill.
+
+celery-batches does this for older Celery (< 5.7) with a timer-driven flush; this
+one follows the pool instead, and hands back what failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, Task
+from kombu.utils.uuid import uuid
+
+logger = logging.getLogger(__name__)
+
+
+class BatchTask(Task):  # type: ignore[misc]
+    """A task applied to lists of messages' first arguments by ``run_batch``."""
+
+    abstract = True
+    #: The most messages one pool process is given at a time.
+    batch_size = 100
+
+    def run_batch(self, jobs: list[Any]) -> list[int]:
+        """Apply ``jobs``; return the indices of those to put back on the queue."""
+        raise NotImplementedError
+
+    def Strategy(self, task: BatchTask, app: Celery, consumer: Any) -> Callable[..., None]:  # noqa: N802 (Celery's name)
+        return _BatchingConsumer(task, consumer).on_message
+
+
+@dataclass(slots=True)
+class _Delivery:
+    job: Any
+    ack: Any
+    reject: Any
+
+
+def _first_argument(message: Any) -> Any:
+    """The job a task message carries (protocol 2: ``[args, kwargs, embed]``)."""
+    try:
+        args, kwargs, _ = message.payload
+        if args:
+            return args[0]
+        return kwargs.get("job")
+    except (TypeError, ValueError, AttributeError):
+        return None  # not a job: the task logs it and drops it
+
+
+def run_in_pool(task_name: str, jobs: list[Any]) -> list[int]:
+    """What a pool process runs: the named task's ``run_batch``."""
+    from celery import current_app
+
+    task: BatchTask = current_app.tasks[task_name]
+    return task.run_batch(jobs)
+
+
+class _BatchingConsumer:
+    """Lives in the worker's main process, on its event loop (no locking needed)."""
+
+    def __init__(self, task: BatchTask, consumer: Any) -> None:
+        self._task = task
+        self._pool = consumer.pool
+        self._errors = consumer.connection_errors
+        self._processes = max(1, int(getattr(self._pool, "limit", 1) or 1))
+        self._waiting: deque[_Delivery] = deque()
+        self._busy = 0
+
+    def on_message(
+        self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
+    ) -> None:
+        self._waiting.append(_Delivery(_first_argument(message), ack, reject))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._waiting and self._busy < self._processes:
+            size = min(len(self._waiting), self._task.batch_size)
+            batch = [self._waiting.popleft() for _ in range(size)]
+            self._busy += 1
+            try:
+                self._pool.apply_async(
+                    run_in_pool,
+                    args=(self._task.name, [delivery.job for delivery in batch]),
+                    callback=lambda hand_back, batch=batch: self._returned(batch, hand_back),
+                    error_callback=lambda exc_info, batch=batch: self._lost(batch, exc_info),
+                    correlation_id=uuid(),
+                )
+            except Exception:  # the pool is shutting down: Redis keeps them unacknowledged
+                self._busy -= 1
+                logger.warning("pool refused a batch of %d; they will be redelivered", size)
+                return
+
+    def _returned(self, batch: list[_Delivery], hand_back: Any) -> None:
+        self._busy -= 1
+        back = set(hand_back) if isinstance(hand_back, list) else set()
+        for index, delivery in enumerate(batch):
+            if index in back:
+                delivery.reject(logger, self._errors, requeue=True)
+            else:
+                delivery.ack(logger, self._errors)
+        self._dispatch()
+
+    def _lost(self, batch: list[_Delivery], exc_info: Any) -> None:
+        self._busy -= 1
+        logger.error(
+            "pool process failed with a batch of %d (%r); putting it back on the queue",
+            len(batch),
+            getattr(exc_info, "exception", exc_info),
+        )
+        for delivery in batch:
+            delivery.reject(logger, self._errors, requeue=True)
+        self._dispatch()
