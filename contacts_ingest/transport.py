@@ -11,6 +11,12 @@ queue by any live consumer.
 A message can therefore come back twice (from the inbox and from the unacked
 record); contact jobs are idempotent by job id, so that costs only a no-op delivery.
 
+Messages are also taken many at a time: once BLMOVE hands over one, a script moves
+it and as many more as the prefetch limit allows from the queue into the unacked
+record, in one step and one round trip; and acknowledgements given together
+(``QoS.acks_together``) go to Redis in one pipeline. kombu's own transport spends
+four round trips per message, which held a worker to a few hundred jobs a second.
+
 Celery selects it with ``broker_transport`` (see celeryconfig.py).
 """
 
@@ -18,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-from time import monotonic
+from collections.abc import Iterator
+from contextlib import contextmanager
+from time import monotonic, time
 from typing import Any
 
 import redis
@@ -30,6 +38,43 @@ from kombu.utils.json import loads
 
 logger = logging.getLogger(__name__)
 
+
+# Takes the messages BLMOVE left in a consumer's inbox and up to ARGV[2] more from its
+# queue, and records each as unacknowledged (kombu's unacked hash and index, scored
+# with the consumer's clock, ARGV[1]) in the same step. Returns them, oldest first.
+# A message that is not a kombu message (no delivery tag) is returned unrecorded.
+# KEYS: queue, inbox, unacked hash, unacked index.
+_TAKE_SCRIPT = """
+local taken = {}
+local function take(raw)
+  local ok, message = pcall(cjson.decode, raw)
+  local properties = ok and type(message) == 'table' and message.properties
+  if type(properties) == 'table' and type(properties.delivery_tag) == 'string' then
+    local info = type(properties.delivery_info) == 'table' and properties.delivery_info or {}
+    local exchange = type(info.exchange) == 'string' and info.exchange or ''
+    local routing_key = type(info.routing_key) == 'string' and info.routing_key or ''
+    local tag = properties.delivery_tag
+    redis.call('ZADD', KEYS[4], ARGV[1], tag)
+    redis.call('HSET', KEYS[3], tag, '[' .. raw .. ',' .. cjson.encode(exchange) .. ','
+                                     .. cjson.encode(routing_key) .. ']')
+  end
+  taken[#taken + 1] = raw
+end
+local raw = redis.call('RPOP', KEYS[2])
+while raw do
+  take(raw)
+  raw = redis.call('RPOP', KEYS[2])
+end
+for _ = 1, tonumber(ARGV[2]) do
+  raw = redis.call('RPOP', KEYS[1])
+  if not raw then break end
+  take(raw)
+end
+return taken
+"""
+
+# The most messages one take moves at once (the prefetch limit may lower it).
+TAKE_AT_MOST = 500
 
 # What Redis calls raise once the connection is lost, or once kombu released it (the
 # channel of a message delivered before a reconnect has no connection any more).
@@ -46,11 +91,52 @@ class QoS(kombu_redis.QoS):
     Here such a failure is logged and the message is left to that.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Delivery tags the take script already recorded as unacknowledged.
+        self.recorded: set[str] = set()
+        self._deferred: list[str] | None = None
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag in self.recorded:
+            self.recorded.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)  # in memory only: Redis has it
+            return
+        super().append(message, delivery_tag)
+
+    @contextmanager
+    def acks_together(self) -> Iterator[None]:
+        """Acknowledgements given inside reach Redis at the end, in one round trip."""
+        self._deferred = []
+        try:
+            yield
+        finally:
+            tags, self._deferred = self._deferred, None
+            if tags:
+                self._ack_all(tags)
+
     def ack(self, delivery_tag: str) -> None:
+        if self._deferred is not None:
+            self._deferred.append(delivery_tag)
+            return
         try:
             super().ack(delivery_tag)
         except _CONNECTION_GONE as exc:
             self._leave_to_redelivery(delivery_tag, "acknowledge", exc)
+
+    def _ack_all(self, tags: list[str]) -> None:
+        try:
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                for tag in tags:
+                    self._remove_from_indices(tag, pipe)
+                pipe.execute()
+        except _CONNECTION_GONE as exc:
+            for tag in tags:
+                self._leave_to_redelivery(tag, "acknowledge", exc)
+            return
+        for tag in tags:
+            virtual.QoS.ack(self, tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         try:
@@ -104,6 +190,7 @@ class Channel(kombu_redis.Channel):
         self._inbox_id = secrets.token_hex(8)
         self._inbox_queue: str | None = None
         self._unprefixed: redis.Redis | None = None
+        self._take: Any = None
 
     # Keys are prefixed here, by hand, and written through a client that adds no prefix.
     def _key(self, name: str) -> str:
@@ -182,15 +269,43 @@ class Channel(kombu_redis.Channel):
             if item is None:
                 raise Empty()
             self._queue_cycle.rotate(queue)
-            self.connection._deliver(loads(bytes_to_str(item)), queue)
-            # kombu has now recorded the message as unacknowledged: the inbox may let go.
-            self._plain_client().lrem(self._inbox_key(self._inbox_id, queue), 1, item)
+            for raw in self._take_recorded(queue):
+                self._deliver_taken(raw, queue)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
+
+    def _take_recorded(self, queue: str) -> list[bytes]:
+        """This consumer's inbox and more of ``queue``, recorded as unacknowledged."""
+        if self._take is None:
+            self._take = self._plain_client().register_script(_TAKE_SCRIPT)
+        room = self.qos.can_consume_max_estimate()
+        more = TAKE_AT_MOST if room is None else max(0, min(TAKE_AT_MOST, room - 1))
+        keys = [
+            self._key(queue),
+            self._inbox_key(self._inbox_id, queue),
+            self._key(self.unacked_key),
+            self._key(self.unacked_index_key),
+        ]
+        taken: list[bytes] = self._take(keys=keys, args=[time(), more])
+        return taken
+
+    def _deliver_taken(self, raw: bytes, queue: str) -> None:
+        try:
+            payload = loads(bytes_to_str(raw))
+            tag = payload["properties"]["delivery_tag"]
+        except (ValueError, TypeError, KeyError):
+            logger.error(
+                "dropping a message on %s that is not a task message: %r", queue, raw[:200]
+            )
+            return
+        qos = self.qos
+        if isinstance(qos, QoS):
+            qos.recorded.add(tag)
+        self.connection._deliver(payload, queue)
 
 
 class Transport(kombu_redis.Transport):

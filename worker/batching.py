@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,8 @@ class _Delivery:
     job: Any
     ack: Any
     reject: Any
+    # The channel's QoS, which may take acknowledgements together (our transport's does).
+    qos: Any
 
 
 def _first_argument(message: Any) -> Any:
@@ -88,7 +91,8 @@ class _BatchingConsumer:
     def on_message(
         self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
     ) -> None:
-        self._waiting.append(_Delivery(_first_argument(message), ack, reject))
+        qos = getattr(getattr(message, "channel", None), "qos", None)
+        self._waiting.append(_Delivery(_first_argument(message), ack, reject, qos))
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -112,11 +116,15 @@ class _BatchingConsumer:
     def _returned(self, batch: list[_Delivery], hand_back: Any) -> None:
         self._busy -= 1
         back = set(hand_back) if isinstance(hand_back, list) else set()
-        for index, delivery in enumerate(batch):
-            if index in back:
-                delivery.reject(logger, self._errors, requeue=True)
-            else:
-                delivery.ack(logger, self._errors)
+        with ExitStack() as together:
+            for qos in {id(d.qos): d.qos for d in batch}.values():
+                if hasattr(qos, "acks_together"):
+                    together.enter_context(qos.acks_together())
+            for index, delivery in enumerate(batch):
+                if index in back:
+                    delivery.reject(logger, self._errors, requeue=True)
+                else:
+                    delivery.ack(logger, self._errors)
         self._dispatch()
 
     def _lost(self, batch: list[_Delivery], exc_info: Any) -> None:

@@ -102,7 +102,7 @@ def test_a_worker_killed_after_its_commit_but_before_its_ack_changes_nothing_on_
 
 
 def test_a_worker_killed_with_many_messages_prefetched_loses_none(scenario: Scenario) -> None:
-    job_ids, versions = creates(scenario, 300, "busy")
+    job_ids, versions = creates(scenario, 3000, "busy")
     doomed = scenario.worker("busy-doomed")
     wait_until(lambda: scenario.finished(job_ids) >= 40, "the worker never got going")
     sigkill(doomed)
@@ -117,7 +117,7 @@ def test_a_worker_killed_with_many_messages_prefetched_loses_none(scenario: Scen
 def test_a_warm_shutdown_under_load_loses_nothing_and_doubles_nothing(
     scenario: Scenario,
 ) -> None:
-    job_ids, versions = creates(scenario, 300, "warm")
+    job_ids, versions = creates(scenario, 3000, "warm")
     worker = scenario.worker("warm")
     wait_until(lambda: scenario.finished(job_ids) >= 40, "the worker never got going")
     worker.popen.send_signal(signal.SIGTERM)  # Celery's warm shutdown

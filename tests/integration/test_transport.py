@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -87,3 +88,76 @@ def test_a_live_consumer_empties_its_inbox_once_the_message_is_recorded(
     assert queue in registered, "the consumer took its messages through an inbox"
     # Redis drops empty lists: no inbox key is left holding anything.
     assert list(redis_client.scan_iter(inbox_pattern(settings, queue))) == []
+
+
+def unacked_tags(settings: Settings, redis_client: redis.Redis) -> set[str]:
+    raw = redis_client.hkeys(f"{settings.redis_key_prefix}unacked")
+    return {tag.decode() if isinstance(tag, bytes) else tag for tag in raw}
+
+
+def consuming(connection: Connection, queue: str, prefetch: int) -> tuple[Any, list[Any]]:
+    channel = connection.channel()
+    channel.basic_qos(0, prefetch, False)
+    received: list[Any] = []
+    channel.basic_consume(queue, False, received.append, unique("consumer"))
+    # The connection the worker's event loop would give the channel for polling.
+    channel.client.connection = channel.client.connection_pool.get_connection()
+    return channel, received
+
+
+def test_one_poll_takes_as_many_messages_as_the_prefetch_limit_allows(
+    connection: Connection, settings: Settings, redis_client: redis.Redis
+) -> None:
+    queue = unique("transport-q")
+    with connection.SimpleQueue(queue) as simple:
+        for n in range(10):
+            simple.put({"n": n})
+    channel, received = consuming(connection, queue, prefetch=4)
+    channel._brpop_start()
+    assert channel._brpop_read() is True
+    assert [m.payload["n"] for m in received] == [0, 1, 2, 3]
+    # Each was recorded as unacknowledged in the same step that took it off the queue.
+    assert {m.delivery_tag for m in received} <= unacked_tags(settings, redis_client)
+    assert redis_client.llen(f"{settings.redis_key_prefix}{queue}") == 6
+
+    with channel.qos.acks_together():
+        for message in received:
+            message.ack()
+    assert not {m.delivery_tag for m in received} & unacked_tags(settings, redis_client)
+    channel.close()
+
+
+def test_messages_taken_but_never_acknowledged_come_back_after_the_visibility_timeout(
+    connection: Connection, settings: Settings, redis_client: redis.Redis
+) -> None:
+    queue = unique("transport-q")
+    with connection.SimpleQueue(queue) as simple:
+        for n in range(3):
+            simple.put({"n": n})
+    channel, received = consuming(connection, queue, prefetch=10)
+    channel._brpop_start()
+    channel._brpop_read()
+    assert len(received) == 3
+    channel.qos._delivered.clear()  # the consumer is gone without a word
+    time.sleep(2.2)
+    connection.channel().qos.restore_visible()
+    with connection.SimpleQueue(queue) as simple:
+        again = sorted(simple.get(timeout=2).payload["n"] for _ in range(3))
+    assert again == [0, 1, 2]
+
+
+def test_a_foreign_item_on_the_queue_is_dropped_and_the_rest_delivered(
+    connection: Connection, settings: Settings, redis_client: redis.Redis
+) -> None:
+    queue = unique("transport-q")
+    stored_queue = f"{settings.redis_key_prefix}{queue}"
+    with connection.SimpleQueue(queue) as simple:
+        simple.put({"n": 1})
+        redis_client.lpush(stored_queue, b"not a kombu message", b'{"properties": 3}')
+        simple.put({"n": 2})
+    channel, received = consuming(connection, queue, prefetch=10)
+    channel._brpop_start()
+    channel._brpop_read()
+    assert [m.payload["n"] for m in received] == [1, 2]
+    assert redis_client.llen(stored_queue) == 0
+    channel.close()
