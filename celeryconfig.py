@@ -47,6 +47,9 @@ result_backend = None
 # task batches its messages and does the same itself: worker/batching.py.)
 task_acks_late = True
 task_reject_on_worker_lost = True
+# The batching task settles its own messages and keeps no active requests in Celery's
+# books, so Celery's prefetch reduction after a reconnect has nothing to count.
+worker_enable_prefetch_count_reduction = False
 worker_hijack_root_logger = False
 
 globals().update(from_settings(Settings()))

@@ -286,15 +286,14 @@ class ContactIngestor:
         conn.execute(_LOCK_JOBS, {"job_ids": list(jobs)})
         done = conn.execute(select(contact_jobs).where(contact_jobs.c.job_id.in_(list(jobs))))
         outcomes = {row["job_id"]: Outcome.from_row(row, replayed=True) for row in done.mappings()}
+        pending = sorted(
+            (job for job in jobs.values() if job.job_id not in outcomes),
+            key=lambda job: job.accepted_at_us,
+        )
+        applied = self._apply_in_order(conn, pending, requests)
         rows: list[dict[str, Any]] = []
-        for job in sorted(jobs.values(), key=lambda job: job.accepted_at_us):
-            if job.job_id in outcomes:
-                continue
-            request = requests[job.job_id]
-            if request is None:
-                status, code, result, error, contact_id = self._apply_batch(conn, job)
-            else:
-                status, code, result, error, contact_id = self._apply_single(conn, job, request)
+        for job in pending:
+            status, code, result, error, contact_id = applied[job.job_id]
             outcomes[job.job_id] = Outcome(job.job_id, status, code, result, error)
             rows.append(
                 {
@@ -315,6 +314,45 @@ class ContactIngestor:
         if rows:
             conn.execute(insert(contact_jobs).values(finished_at=func.clock_timestamp()), rows)
         return outcomes
+
+    def _apply_in_order(
+        self,
+        conn: Connection,
+        jobs: list[ContactJob],
+        requests: dict[str, ContactRequest | ContactInvalid | None],
+    ) -> dict[str, _Applied]:
+        """Apply ``jobs`` (in acceptance order) as if one after another.
+
+        Consecutive valid single creates go to PostgreSQL in one statement: within it,
+        the first of them for an email wins, as it would one at a time.
+        """
+        applied: dict[str, _Applied] = {}
+        creates: list[tuple[ContactJob, ContactRequest]] = []
+
+        def create_all() -> None:
+            rows = self._insert_new(
+                conn, [(job.user_id, request, job.accepted_at_us) for job, request in creates]
+            )
+            for (job, request), row in zip(creates, rows, strict=True):
+                status, code, result, error = _created_outcome(request, row)
+                applied[job.job_id] = (status, code, result, error, row["id"] if row else None)
+            creates.clear()
+
+        for job in jobs:
+            request = requests[job.job_id]
+            if isinstance(request, ContactRequest) and job.operation == "create":
+                creates.append((job, request))
+                continue
+            if isinstance(request, ContactInvalid):  # touches nothing: order is moot
+                applied[job.job_id] = self._apply_single(conn, job, request)
+                continue
+            create_all()
+            if request is None:
+                applied[job.job_id] = self._apply_batch(conn, job)
+            else:
+                applied[job.job_id] = self._apply_single(conn, job, request)
+        create_all()
+        return applied
 
     def _apply_single(
         self, conn: Connection, job: ContactJob, request: ContactRequest | ContactInvalid
@@ -377,43 +415,59 @@ class ContactIngestor:
         Returns, per item, its new row, or None (invalid, or its email exists: in the
         table already, or earlier in the batch, whose first occurrence wins).
         """
-        rows: list[dict[str, Any]] = []
-        now = conn.execute(select(func.now())).scalar_one()  # the transaction's time
-        for index, request in enumerate(requests):
-            if isinstance(request, ContactInvalid):
-                continue
+        valid = [
+            (index, request)
+            for index, request in enumerate(requests)
+            if isinstance(request, ContactRequest)
+        ]
+        rows = self._insert_new(
+            conn, [(job.user_id, request, job.accepted_at_us + index) for index, request in valid]
+        )
+        outcome: list[RowMapping | None] = [None] * len(requests)
+        for (index, _), row in zip(valid, rows, strict=True):
+            outcome[index] = row
+        return outcome
+
+    def _insert_new(
+        self, conn: Connection, items: list[tuple[str, ContactRequest, int]]
+    ) -> list[RowMapping | None]:
+        """Insert contacts (user id, request, acceptance time) that do not exist yet.
+
+        One statement for all. Returns, per item, its new row, or None if the email
+        already exists for that user: in the table, or earlier in ``items``, whose
+        first occurrence wins.
+        """
+        if not items:
+            return []
+        values_list: list[dict[str, Any]] = []
+        for user_id, request, accepted_at_us in items:
             changes = request.changes()
             values: dict[str, Any] = dict.fromkeys(_CREATE_COLUMNS)
             values.update(changes)
             values.update(
                 id=new_contact_id(),
-                user_id=job.user_id,
+                user_id=user_id,
                 email_key=request.email_key,
                 social_profiles=_without_nulls(changes.get("social_profiles", {})),
                 custom_fields=_without_nulls(changes.get("custom_fields", {})),
                 status=changes.get("status") or request.status,
-                field_versions=_versions_of(changes, job.accepted_at_us + index),
-                created_at=now,
-                updated_at=now,
+                field_versions=_versions_of(changes, accepted_at_us),
             )
-            rows.append(values)
-        inserted: dict[str, RowMapping] = {}
-        if rows:
-            # One compiled statement, sent as multi-row pages (SQLAlchemy's
-            # "insertmanyvalues"); a repeated email within a page inserts once.
-            statement = (
-                pg_insert(contacts)
-                .on_conflict_do_nothing(index_elements=["user_id", "email_key"])
-                .returning(*contacts.c)
-            )
-            inserted = {r["email_key"]: r for r in conn.execute(statement, rows).mappings()}
-        outcome: list[RowMapping | None] = []
-        for request in requests:
-            found = None
-            if isinstance(request, ContactRequest):
-                found = inserted.pop(request.email_key, None)  # only its first occurrence
-            outcome.append(found)
-        return outcome
+            values_list.append(values)
+        # One compiled statement, sent as multi-row pages (SQLAlchemy's
+        # "insertmanyvalues"); a repeated email within a page inserts once.
+        statement = (
+            pg_insert(contacts)
+            .values(created_at=func.now(), updated_at=func.now())
+            .on_conflict_do_nothing(index_elements=["user_id", "email_key"])
+            .returning(*contacts.c)
+        )
+        inserted = {
+            (row["user_id"], row["email_key"]): row
+            for row in conn.execute(statement, values_list).mappings()
+        }
+        # Only an email's first occurrence gets the row.
+        return [inserted.pop((user_id, request.email_key), None) for user_id, request, _ in items]
 
     def _create(self, conn: Connection, job: ContactJob, request: ContactRequest) -> RowMapping:
         row = conn.execute(self._insert_statement(job, request)).mappings().first()

@@ -52,8 +52,7 @@ class BatchTask(Task):  # type: ignore[misc]
 @dataclass(slots=True)
 class _Delivery:
     job: Any
-    ack: Any
-    reject: Any
+    message: Any
     # The channel's QoS, which may take acknowledgements together (our transport's does).
     qos: Any
 
@@ -91,8 +90,12 @@ class _BatchingConsumer:
     def on_message(
         self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
     ) -> None:
+        # Settled through the message itself, not Celery's ack/reject promises: those
+        # run later on the event loop, one Redis round trip each; and no Celery
+        # bookkeeping hangs on them for this task (it never registers active requests,
+        # so there is no reduced prefetch count to restore after a reconnect).
         qos = getattr(getattr(message, "channel", None), "qos", None)
-        self._waiting.append(_Delivery(_first_argument(message), ack, reject, qos))
+        self._waiting.append(_Delivery(_first_argument(message), message, qos))
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -122,9 +125,9 @@ class _BatchingConsumer:
                     together.enter_context(qos.acks_together())
             for index, delivery in enumerate(batch):
                 if index in back:
-                    delivery.reject(logger, self._errors, requeue=True)
+                    delivery.message.reject_log_error(logger, self._errors, requeue=True)
                 else:
-                    delivery.ack(logger, self._errors)
+                    delivery.message.ack_log_error(logger, self._errors)
         self._dispatch()
 
     def _lost(self, batch: list[_Delivery], exc_info: Any) -> None:
@@ -135,5 +138,5 @@ class _BatchingConsumer:
             getattr(exc_info, "exception", exc_info),
         )
         for delivery in batch:
-            delivery.reject(logger, self._errors, requeue=True)
+            delivery.message.reject_log_error(logger, self._errors, requeue=True)
         self._dispatch()

@@ -702,17 +702,13 @@ def test_a_failed_transaction_leaves_none_of_its_jobs_applied(
     from sqlalchemy.exc import OperationalError
 
     messages = [admitted(board, user, {"email": f"r{i}@example.com"}) for i in range(3)]
-    original = ingestor._apply_single
-    calls = 0
+    original = ingestor._insert_new
 
-    def fail_on_third(*args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise OperationalError("INSERT", {}, Exception("connection lost"))
-        return original(*args)
+    def insert_then_fail(*args: Any) -> Any:
+        original(*args)  # the contacts are written...
+        raise OperationalError("INSERT", {}, Exception("connection lost"))  # ...then lost
 
-    monkeypatch.setattr(ingestor, "_apply_single", fail_on_third)
+    monkeypatch.setattr(ingestor, "_insert_new", insert_then_fail)
     with pytest.raises(OperationalError):
         ingestor.process_many(messages)
     assert stored(engine, user) == []
@@ -720,3 +716,16 @@ def test_a_failed_transaction_leaves_none_of_its_jobs_applied(
     assert all(board.pending(m["job_id"]) for m in messages)  # still pending: redelivered later
     monkeypatch.undo()
     assert [o.code if o else None for o in ingestor.process_many(messages)] == [201] * 3
+
+
+def test_creates_and_upserts_of_one_email_in_one_call_answer_as_one_after_another(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    upsert_first = admitted(board, user, {"email": "m@example.com", "company": "U"}, upsert=True)
+    create = admitted(board, user, {"email": "m@example.com", "firstName": "C"})
+    upsert = admitted(board, user, {"email": "m@example.com", "firstName": "U2"}, upsert=True)
+    other = admitted(board, user, {"email": "other@example.com"})
+    outcomes = ingestor.process_many([other, upsert, create, upsert_first])
+    assert [o.code if o else None for o in outcomes] == [201, 200, 409, 201]
+    contact = next(c for c in stored(engine, user) if c["email"] == "m@example.com")
+    assert (contact["company"], contact["first_name"]) == ("U", "U2")

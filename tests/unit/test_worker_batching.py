@@ -14,8 +14,16 @@ from worker.batching import BatchTask
 
 
 class FakeMessage:
-    def __init__(self, job: Any) -> None:
+    def __init__(self, job: Any, settled: Settled) -> None:
         self.payload = [[], {"job": job}, {}]
+        self.job = job
+        self.settled = settled
+
+    def ack_log_error(self, *_: Any) -> None:
+        self.settled.acked.append(self.job)
+
+    def reject_log_error(self, *_: Any, requeue: bool = False) -> None:
+        self.settled.requeued.append((self.job, requeue))
 
 
 class FakePool:
@@ -53,13 +61,7 @@ class Settled:
         self.requeued: list[Any] = []
 
     def deliver(self, handler: Callable[..., None], job: Any) -> None:
-        handler(
-            FakeMessage(job),
-            None,
-            lambda *_: self.acked.append(job),
-            lambda *_, requeue=False: self.requeued.append((job, requeue)),
-            set(),
-        )
+        handler(FakeMessage(job, self), None, None, None, set())
 
 
 class Batched(BatchTask):
