@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, RowMapping, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, RowMapping, TextClause, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from contacts_ingest.contact import (
@@ -32,6 +32,7 @@ from contacts_ingest.jobs import (
     datetime_from_us,
     iso_timestamp,
 )
+from contacts_ingest.messages import json_bytes
 from contacts_ingest.schema import contact_jobs, contacts
 
 log = logging.getLogger(__name__)
@@ -172,11 +173,71 @@ def _parsed(body: object) -> ContactRequest | ContactInvalid:
         return invalid
 
 
-# Every column a create may set, so that all rows of a multi-row insert name the same.
-_CREATE_COLUMNS = (
-    *("email", "first_name", "last_name", "phone", "company", "job_title"),
-    *("social_profiles", "status", "custom_fields", "source", "workspace_id"),
+def _unnest_insert(
+    table: str, columns: dict[str, tuple[str, str]], fixed: dict[str, str]
+) -> TextClause:
+    """``INSERT INTO table ... SELECT FROM unnest(...)``: one array parameter per column.
+
+    ``columns`` maps a column to (its array's element type, the expression that turns
+    an element ``{}`` into the column's value); ``fixed`` columns take one SQL
+    expression for every row. The text is the same whatever the row count, so the
+    driver parses it once and PostgreSQL keeps it prepared (a multi-row VALUES list is
+    new text for every size). Names and expressions are this module's constants.
+    """
+    names = ", ".join([*columns, *fixed])
+    arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, (kind, _) in columns.items())
+    values = ", ".join(
+        [*(expr.format(f"new.{name}") for name, (_, expr) in columns.items()), *fixed.values()]
+    )
+    aliases = ", ".join(columns)
+    return text(
+        f"INSERT INTO {table} ({names}) SELECT {values} "  # noqa: S608 (constants only)
+        f"FROM unnest({arrays}) WITH ORDINALITY AS new({aliases}, n) ORDER BY new.n"
+    )
+
+
+# Every column a create sets, in the order of ``_INSERT_CONTACTS``'s arrays.
+_CREATE_COLUMNS: dict[str, tuple[str, str]] = {
+    **{name: ("text", "{}") for name in ("id", "user_id", "email", "email_key", "first_name")},
+    **{name: ("text", "{}") for name in ("last_name", "phone", "company", "job_title")},
+    "social_profiles": ("text", "CAST({} AS jsonb)"),
+    "status": ("text", "{}"),
+    "custom_fields": ("text", "CAST({} AS jsonb)"),
+    "source": ("text", "{}"),
+    "workspace_id": ("text", "CAST({} AS uuid)"),
+    "field_versions": ("text", "CAST({} AS jsonb)"),
+}
+# New contacts in acceptance order; an email's first occurrence wins (DO NOTHING skips
+# a row whose key an earlier row of the same statement took).
+_INSERT_CONTACTS = text(
+    str(_unnest_insert("contacts", _CREATE_COLUMNS, {"created_at": "now()", "updated_at": "now()"}))
+    + " ON CONFLICT (user_id, email_key) DO NOTHING RETURNING *"
+).columns(*contacts.c)
+
+_STATUS_COLUMNS: dict[str, tuple[str, str]] = {
+    **{name: ("text", "{}") for name in ("job_id", "user_id", "operation", "status")},
+    "code": ("integer", "{}"),
+    "result": ("text", "CAST({} AS json)"),
+    "error": ("text", "CAST({} AS json)"),
+    "contact_id": ("text", "{}"),
+    "attempts": ("integer", "{}"),
+    "request_id": ("text", "{}"),
+    "accepted_at": ("timestamptz", "{}"),
+    "started_at": ("timestamptz", "{}"),
+}
+_INSERT_STATUS_ROWS = _unnest_insert(
+    "contact_jobs", _STATUS_COLUMNS, {"finished_at": "clock_timestamp()"}
 )
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json_bytes(value).decode()
+
+
+def _as_arrays(
+    rows: list[dict[str, Any]], columns: dict[str, tuple[str, str]]
+) -> dict[str, list[Any]]:
+    return {name: [row[name] for row in rows] for name in columns}
 
 
 def _created_outcome(
@@ -302,8 +363,8 @@ class ContactIngestor:
                     "operation": job.operation,
                     "status": status,
                     "code": code,
-                    "result": result,
-                    "error": error,
+                    "result": _json_text(result),
+                    "error": _json_text(error),
                     "contact_id": contact_id,
                     "attempts": attempts[job.job_id],
                     "request_id": job.request_id,
@@ -312,7 +373,7 @@ class ContactIngestor:
                 }
             )
         if rows:
-            conn.execute(insert(contact_jobs).values(finished_at=func.clock_timestamp()), rows)
+            conn.execute(_INSERT_STATUS_ROWS, _as_arrays(rows, _STATUS_COLUMNS))
         return outcomes
 
     def _apply_in_order(
@@ -439,7 +500,7 @@ class ContactIngestor:
         """
         if not items:
             return []
-        values_list: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
         for user_id, request, accepted_at_us in items:
             changes = request.changes()
             values: dict[str, Any] = dict.fromkeys(_CREATE_COLUMNS)
@@ -448,23 +509,15 @@ class ContactIngestor:
                 id=new_contact_id(),
                 user_id=user_id,
                 email_key=request.email_key,
-                social_profiles=_without_nulls(changes.get("social_profiles", {})),
-                custom_fields=_without_nulls(changes.get("custom_fields", {})),
+                social_profiles=_json_text(_without_nulls(changes.get("social_profiles", {}))),
+                custom_fields=_json_text(_without_nulls(changes.get("custom_fields", {}))),
                 status=changes.get("status") or request.status,
-                field_versions=_versions_of(changes, accepted_at_us),
+                field_versions=_json_text(_versions_of(changes, accepted_at_us)),
             )
-            values_list.append(values)
-        # One compiled statement, sent as multi-row pages (SQLAlchemy's
-        # "insertmanyvalues"); a repeated email within a page inserts once.
-        statement = (
-            pg_insert(contacts)
-            .values(created_at=func.now(), updated_at=func.now())
-            .on_conflict_do_nothing(index_elements=["user_id", "email_key"])
-            .returning(*contacts.c)
-        )
+            rows.append(values)
         inserted = {
             (row["user_id"], row["email_key"]): row
-            for row in conn.execute(statement, values_list).mappings()
+            for row in conn.execute(_INSERT_CONTACTS, _as_arrays(rows, _CREATE_COLUMNS)).mappings()
         }
         # Only an email's first occurrence gets the row.
         return [inserted.pop((user_id, request.email_key), None) for user_id, request, _ in items]
