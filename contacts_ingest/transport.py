@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from time import monotonic, time
 from typing import Any
 
+import orjson
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -295,7 +296,10 @@ class Channel(kombu_redis.Channel):
 
     def _deliver_taken(self, raw: bytes, queue: str) -> None:
         try:
-            payload = loads(bytes_to_str(raw))
+            try:  # the envelope: headers, properties and the body as a string
+                payload = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                payload = loads(bytes_to_str(raw))
             tag = payload["properties"]["delivery_tag"]
         except (ValueError, TypeError, KeyError):
             logger.error(

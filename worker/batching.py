@@ -21,6 +21,7 @@ one follows the pool instead, and hands back what failed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, Task
+from kombu.exceptions import DecodeError as KombuDecodeError
 from kombu.utils.uuid import uuid
 
 logger = logging.getLogger(__name__)
@@ -58,13 +60,21 @@ class _Delivery:
 
 
 def _first_argument(message: Any) -> Any:
-    """The job a task message carries (protocol 2: ``[args, kwargs, embed]``)."""
+    """The job a task message carries (protocol 2: ``[args, kwargs, embed]``).
+
+    JSON bodies are read with the plain JSON decoder: kombu's turns objects shaped
+    like ``{"__type__": ..., "__value__": ...}`` into Python values (or refuses
+    them), and a job's body holds whatever a client sent.
+    """
     try:
-        args, kwargs, _ = message.payload
+        if message.content_type == "application/json":
+            args, kwargs, _ = json.loads(message.body)
+        else:
+            args, kwargs, _ = message.payload
         if args:
             return args[0]
         return kwargs.get("job")
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, KombuDecodeError):
         return None  # not a job: the task logs it and drops it
 
 

@@ -330,3 +330,23 @@ def test_numbers_beyond_64_bits_round_trip_through_postgresql(service: Service) 
     final = service.wait_final(auth, accepted.json()["data"]["job_id"])
     assert final["status"] == "succeeded"
     assert final["result"]["data"]["custom_fields"]["n"] > 10**29
+
+
+def test_custom_fields_shaped_like_encoder_hints_are_stored_as_sent(service: Service) -> None:
+    # Objects like {"__type__": ..., "__value__": ...} mean something to kombu's JSON
+    # decoder (a datetime; or an error that used to drop the job after its 202).
+    _, auth = service.new_user()
+    hinted = {
+        "when": {"__type__": "datetime", "__value__": "2020-01-01T00:00:00"},
+        "what": {"__type__": "no-such-type", "__value__": 1},
+    }
+    accepted = requests.post(
+        f"{service.base}/io/contacts/contacts",
+        json={"email": "hints@example.com", "customFields": hinted},
+        headers=auth,
+        timeout=10,
+    )
+    assert accepted.status_code == 202
+    final = service.wait_final(auth, accepted.json()["data"]["job_id"])
+    assert final["status"] == "succeeded", final
+    assert final["result"]["data"]["custom_fields"] == hinted

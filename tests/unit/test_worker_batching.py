@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +15,10 @@ from worker.batching import BatchTask
 
 
 class FakeMessage:
+    content_type = "application/json"
+
     def __init__(self, job: Any, settled: Settled) -> None:
-        self.payload = [[], {"job": job}, {}]
+        self.body = json.dumps([[], {"job": job}, {}])
         self.job = job
         self.settled = settled
 
@@ -102,6 +105,21 @@ def test_messages_arriving_while_every_process_is_busy_go_together_up_to_the_bat
     assert settled.acked == ["a"]  # acknowledged only once its batch returned
     pool.finish()
     assert [jobs for jobs, *_ in pool.running] == [["c", "d", "e"], ["f", "g"]]
+
+
+def test_a_job_body_reaches_the_task_exactly_as_the_client_sent_it(
+    pool: FakePool, handler: Callable[..., None]
+) -> None:
+    # kombu's JSON decoder would turn this into a datetime, or refuse a made-up type.
+    tricky = {
+        "customFields": {
+            "when": {"__type__": "datetime", "__value__": "2020-01-01T00:00:00"},
+            "what": {"__type__": "no-such-type", "__value__": 1},
+            "big": 123456789012345678901234567890,
+        }
+    }
+    Settled().deliver(handler, tricky)
+    assert pool.running[0][0] == [tricky]
 
 
 def test_jobs_a_batch_hands_back_are_requeued_and_the_rest_acknowledged(
