@@ -209,10 +209,17 @@ _CREATE_COLUMNS: dict[str, tuple[str, str]] = {
 }
 # New contacts in acceptance order; an email's first occurrence wins (DO NOTHING skips
 # a row whose key an earlier row of the same statement took).
+_NEW_CONTACTS = str(
+    _unnest_insert("contacts", _CREATE_COLUMNS, {"created_at": "now()", "updated_at": "now()"})
+)
 _INSERT_CONTACTS = text(
-    str(_unnest_insert("contacts", _CREATE_COLUMNS, {"created_at": "now()", "updated_at": "now()"}))
-    + " ON CONFLICT (user_id, email_key) DO NOTHING RETURNING *"
+    _NEW_CONTACTS + " ON CONFLICT (user_id, email_key) DO NOTHING RETURNING *"
 ).columns(*contacts.c)
+# The same, returning only what a batch reports per item.
+_INSERT_CONTACT_IDS = text(
+    _NEW_CONTACTS + " ON CONFLICT (user_id, email_key) DO NOTHING"
+    " RETURNING id, user_id, email, email_key"
+).columns(contacts.c.id, contacts.c.user_id, contacts.c.email, contacts.c.email_key)
 
 _STATUS_COLUMNS: dict[str, tuple[str, str]] = {
     **{name: ("text", "{}") for name in ("job_id", "user_id", "operation", "status")},
@@ -445,17 +452,23 @@ class ContactIngestor:
         parsed = [_parsed(item) for item in items]
         created = self._create_many(conn, job, parsed) if job.operation == "create" else None
         for index, item in enumerate(items):
-            if created is not None:  # creates went in one statement; report each
-                status, code, result, error = _created_outcome(parsed[index], created[index])
+            request = parsed[index]
+            contact: RowMapping | dict[str, Any] | None
+            error: dict[str, Any] | None
+            if isinstance(request, ContactInvalid):
+                code, contact, error = 400, None, _failure(400, request.message, request.errors)
+            elif created is not None:  # creates went in one statement; report each
+                row = created[index]
+                code, contact = (201, row) if row is not None else (409, None)
+                error = None if row is not None else _failure(409, DUPLICATE_MESSAGE, None)
             else:
                 one = replace(
                     job, body=item, accepted_at_us=job.accepted_at_us + index, batch=False
                 )
-                status, code, result, error, _ = self._apply_single(conn, one, parsed[index])
-            if status == "succeeded":
-                assert result is not None
+                _, code, result, error, _ = self._apply_single(conn, one, request)
+                contact = result["data"] if result else None
+            if contact is not None:
                 counts["created" if code == 201 else "updated"] += 1
-                contact = result["data"]
                 results.append(
                     {"index": index, "code": code, "id": contact["id"], "email": contact["email"]}
                 )
@@ -482,7 +495,9 @@ class ContactIngestor:
             if isinstance(request, ContactRequest)
         ]
         rows = self._insert_new(
-            conn, [(job.user_id, request, job.accepted_at_us + index) for index, request in valid]
+            conn,
+            [(job.user_id, request, job.accepted_at_us + index) for index, request in valid],
+            whole=False,
         )
         outcome: list[RowMapping | None] = [None] * len(requests)
         for (index, _), row in zip(valid, rows, strict=True):
@@ -490,23 +505,28 @@ class ContactIngestor:
         return outcome
 
     def _insert_new(
-        self, conn: Connection, items: list[tuple[str, ContactRequest, int]]
+        self,
+        conn: Connection,
+        items: list[tuple[str, ContactRequest, int]],
+        *,
+        whole: bool = True,
     ) -> list[RowMapping | None]:
         """Insert contacts (user id, request, acceptance time) that do not exist yet.
 
-        One statement for all. Returns, per item, its new row, or None if the email
-        already exists for that user: in the table, or earlier in ``items``, whose
-        first occurrence wins.
+        One statement for all. Returns, per item, its new row (``whole``, or only its
+        id, user id, email and email key), or None if the email already exists for that
+        user: in the table, or earlier in ``items``, whose first occurrence wins.
         """
         if not items:
             return []
         rows: list[dict[str, Any]] = []
-        for user_id, request, accepted_at_us in items:
+        ids = secrets.token_hex(12 * len(items))  # one call to the system's random source
+        for n, (user_id, request, accepted_at_us) in enumerate(items):
             changes = request.changes()
             values: dict[str, Any] = dict.fromkeys(_CREATE_COLUMNS)
             values.update(changes)
             values.update(
-                id=new_contact_id(),
+                id="cnt_" + ids[24 * n : 24 * (n + 1)],
                 user_id=user_id,
                 email_key=request.email_key,
                 social_profiles=_json_text(_without_nulls(changes.get("social_profiles", {}))),

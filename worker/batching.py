@@ -40,12 +40,17 @@ class BatchTask(Task):  # type: ignore[misc]
     """A task applied to lists of messages' first arguments by ``run_batch``."""
 
     abstract = True
-    #: The most messages one pool process is given at a time.
+    #: The most work one pool process is given at a time, in units of ``weight``
+    #: (a message heavier than that goes alone).
     batch_size = 100
 
     def run_batch(self, jobs: list[Any]) -> list[int]:
         """Apply ``jobs``; return the indices of those to put back on the queue."""
         raise NotImplementedError
+
+    def weight(self, job: Any) -> int:
+        """How much of a batch ``job`` takes up (1 unless a task says otherwise)."""
+        return 1
 
     def Strategy(self, task: BatchTask, app: Celery, consumer: Any) -> Callable[..., None]:  # noqa: N802 (Celery's name)
         return _BatchingConsumer(task, consumer).on_message
@@ -54,6 +59,7 @@ class BatchTask(Task):  # type: ignore[misc]
 @dataclass(slots=True)
 class _Delivery:
     job: Any
+    weight: int
     message: Any
     # The channel's QoS, which may take acknowledgements together (our transport's does).
     qos: Any
@@ -105,13 +111,18 @@ class _BatchingConsumer:
         # bookkeeping hangs on them for this task (it never registers active requests,
         # so there is no reduced prefetch count to restore after a reconnect).
         qos = getattr(getattr(message, "channel", None), "qos", None)
-        self._waiting.append(_Delivery(_first_argument(message), message, qos))
+        job = _first_argument(message)
+        self._waiting.append(_Delivery(job, max(1, self._task.weight(job)), message, qos))
         self._dispatch()
 
     def _dispatch(self) -> None:
         while self._waiting and self._busy < self._processes:
-            size = min(len(self._waiting), self._task.batch_size)
-            batch = [self._waiting.popleft() for _ in range(size)]
+            batch = [self._waiting.popleft()]
+            room = self._task.batch_size - batch[0].weight
+            while self._waiting and self._waiting[0].weight <= room:
+                room -= self._waiting[0].weight
+                batch.append(self._waiting.popleft())
+            size = len(batch)
             self._busy += 1
             try:
                 self._pool.apply_async(

@@ -94,10 +94,18 @@ def _count(jobs: list[Any], outcomes: list[Outcome | None], seconds: float) -> N
 
 
 class ContactJobs(BatchTask):
+    # In contacts: a bulk job of 1,000 goes alone, single jobs go up to this many.
     batch_size = _settings.worker_batch_size
 
     def run_batch(self, jobs: list[Any]) -> list[int]:
         return apply_jobs(jobs)
+
+    def weight(self, job: Any) -> int:
+        if _kind(job) == "batch":
+            body = job.get("body")
+            items = body.get("contacts") if isinstance(body, dict) else None
+            return len(items) if isinstance(items, list) else 1
+        return 1
 
 
 @app.task(base=ContactJobs, name=TASK_NAME)

@@ -71,6 +71,9 @@ class Batched(BatchTask):
     name = "test.batched"
     batch_size = 3
 
+    def weight(self, job: Any) -> int:
+        return int(job[1:]) if isinstance(job, str) and job.startswith("w") else 1
+
 
 @pytest.fixture
 def pool() -> FakePool:
@@ -120,6 +123,19 @@ def test_a_job_body_reaches_the_task_exactly_as_the_client_sent_it(
     }
     Settled().deliver(handler, tricky)
     assert pool.running[0][0] == [tricky]
+
+
+def test_heavy_messages_fill_a_batch_sooner_and_one_too_heavy_goes_alone(
+    pool: FakePool, handler: Callable[..., None]
+) -> None:
+    settled = Settled()
+    for job in ["a", "b", "w2", "c", "w5", "d", "e"]:
+        settled.deliver(handler, job)
+    pool.finish()
+    pool.finish()
+    assert [jobs for jobs, *_ in pool.running] == [["w2", "c"], ["w5"]]
+    pool.finish()
+    assert [jobs for jobs, *_ in pool.running] == [["w5"], ["d", "e"]]
 
 
 def test_jobs_a_batch_hands_back_are_requeued_and_the_rest_acknowledged(
