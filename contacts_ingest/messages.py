@@ -11,7 +11,9 @@ import json
 import os
 import socket
 import uuid
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import orjson
 
@@ -76,8 +78,19 @@ class CeleryMessages:
 
 def json_bytes(value: Any) -> bytes:
     """Compact JSON: orjson, or the standard library for integers beyond 64 bits
-    (PostgreSQL's JSONB keeps them, and clients may send them; orjson refuses them)."""
+    (PostgreSQL's JSONB keeps them, and clients may send them; orjson refuses them).
+    Either way datetimes are RFC 3339 and UUIDs their canonical text."""
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, default=_as_json_text
+        ).encode()
+
+
+def _as_json_text(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
