@@ -23,6 +23,11 @@ def from_settings(settings: Settings) -> dict[str, Any]:
             # every ~100 s); so a dead worker's jobs restart within visibility + interval.
             "unacked_restore_interval": max(1, min(10, visibility // 3)),
             "unacked_restore_throttle": 1,
+            # A sweep holds a lock in Redis; kombu lets it lapse only after 300 s, so a
+            # worker killed mid-sweep (or Redis restarted then) held up every other
+            # worker's redeliveries for five minutes. Sweeps are idempotent (each
+            # message is moved in a WATCH transaction), so a short lapse is safe.
+            "unacked_mutex_expire": max(1, min(10, visibility // 3)),
             "global_keyprefix": settings.redis_key_prefix,
         },
         "task_default_queue": settings.celery_queue,

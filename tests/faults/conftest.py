@@ -70,10 +70,14 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+def wait_until(
+    condition: Callable[[], bool], what: str | Callable[[], str], timeout: float = 30
+) -> None:
+    """Wait for ``condition``; fail with ``what`` (or what it returns then) after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, what
+        if time.monotonic() > deadline:
+            raise AssertionError(what() if callable(what) else what)
         time.sleep(0.05)
 
 
@@ -132,8 +136,22 @@ class Scenario:
     def wait_drained(self, job_ids: list[str], timeout: float = 60) -> None:
         wait_until(
             lambda: self.finished(job_ids) == len(job_ids),
-            f"only {self.finished(job_ids)} of {len(job_ids)} jobs finished",
+            lambda: (
+                f"only {self.finished(job_ids)} of {len(job_ids)} jobs finished; "
+                f"{self.broker_state()}"
+            ),
             timeout,
+        )
+
+    def broker_state(self) -> str:
+        """What Redis holds for the workers: for a failure message."""
+        prefix = self.servers.settings.redis_key_prefix
+        return (
+            f"queued {self.redis.llen(f'{prefix}{self.queue}')}, "
+            f"unacked {self.redis.hlen(f'{prefix}unacked')} "
+            f"(index {self.redis.zcard(f'{prefix}unacked_index')}), "
+            f"restore mutex ttl {self.redis.ttl(f'{prefix}unacked_mutex')} s, "
+            f"in flight for this queue {self.in_flight()}"
         )
 
     def final_rows(self, job_ids: list[str]) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def test_a_worker_killed_after_its_commit_but_before_its_ack_changes_nothing_on_
         lambda: (
             job_id in rescue.log.read_text() and "job already recorded" in rescue.log.read_text()
         ),
-        "the job was not delivered again",
+        lambda: f"the job was not delivered again; {scenario.broker_state()}",
     )
     assert scenario.final_rows([job_id])[job_id] == before  # recognised as done: same outcome
     scenario.audit({job_id: 201}, versions)
@@ -142,7 +142,7 @@ def test_a_job_outliving_the_visibility_timeout_runs_twice_at_once_with_one_effe
         # is restored and the other worker takes it too: two deliveries in flight.
         wait_until(
             lambda: len(sessions_waiting_on_a_job(scenario.engine)) == 2,
-            "the job was not delivered a second time",
+            lambda: f"the job was not delivered a second time; {scenario.broker_state()}",
             timeout=VISIBILITY_TIMEOUT * 5,
         )
     scenario.wait_drained([job_id])
