@@ -18,7 +18,7 @@ from contacts_ingest.jobs import JobBoard
 from contacts_ingest.keys import KeyResolver
 from contacts_ingest.logs import configure_logging
 from contacts_ingest.messages import CeleryMessages
-from contacts_ingest.migrate import head_revision, require_current_schema
+from contacts_ingest.schema import require_current_schema
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import read_final_job
 from contacts_ingest.webhooks import WebhookVerifier
@@ -36,11 +36,9 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
     engine = make_engine(settings.database_url, read_only=True)
     board = JobBoard.for_settings(client, settings)
 
-    head = head_revision()
-
     def postgres_ready() -> None:
         with engine.connect() as conn:
-            require_current_schema(conn, head)
+            require_current_schema(conn)
 
     deps = GatewayDeps(
         user_for_key=KeyResolver(engine, ttl=settings.key_cache_ttl_seconds).user_for,

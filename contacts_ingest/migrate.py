@@ -7,10 +7,13 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, create_engine, make_url, text
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
+from contacts_ingest.schema import SCHEMA_HEAD, require_current_schema
 from contacts_ingest.settings import sqlalchemy_url
+
+__all__ = ["SCHEMA_HEAD", "head_revision", "require_current_schema", "upgrade"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -51,10 +54,3 @@ def head_revision() -> str:
     head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
     assert head is not None
     return head
-
-
-def require_current_schema(conn: Connection, head: str) -> None:
-    """Raise if the database is not migrated to ``head`` (``contacts-ingest migrate``)."""
-    current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    if current != head:
-        raise RuntimeError(f"schema at {current}, code expects {head}: run migrate")

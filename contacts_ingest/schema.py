@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     CheckConstraint,
     Column,
+    Connection,
     DateTime,
     ForeignKey,
     Index,
@@ -109,3 +110,15 @@ webhook_secrets = Table(
     Column("expires_at", DateTime(timezone=True)),
     Index("webhook_secrets_endpoint", "endpoint_id"),
 )
+
+
+# The newest migration this code expects (a test keeps it equal to Alembic's head). The
+# gateway checks it for readiness without importing Alembic (about 12 MiB per process).
+SCHEMA_HEAD = "0003"
+
+
+def require_current_schema(conn: Connection, head: str = SCHEMA_HEAD) -> None:
+    """Raise if the database is not migrated to ``head`` (``contacts-ingest migrate``)."""
+    current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if current != head:
+        raise RuntimeError(f"schema at {current}, code expects {head}: run migrate")

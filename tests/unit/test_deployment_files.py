@@ -92,3 +92,10 @@ def test_dockerfile_installs_every_package_the_code_imports() -> None:
     assert {"contacts_ingest", "api_gateway", "worker"} <= copied
     assert "celeryconfig.py" in dockerfile
     assert 'pip install ".[ops]"' in dockerfile
+
+
+def test_the_schema_head_the_gateway_expects_is_the_newest_migration() -> None:
+    from contacts_ingest.migrate import head_revision
+    from contacts_ingest.schema import SCHEMA_HEAD
+
+    assert head_revision() == SCHEMA_HEAD
