@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 
 
 # Takes the messages BLMOVE left in a consumer's inbox and up to ARGV[2] more from its
-# queue, and records each as unacknowledged (kombu's unacked hash and index, scored
-# with the consumer's clock, ARGV[1]) in the same step. Returns them, oldest first.
+# queue (stopping once they add up to ARGV[3] bytes), and records each as
+# unacknowledged (kombu's unacked hash and index, scored with the consumer's clock,
+# ARGV[1]) in the same step. Returns them, oldest first.
 # A message that is not a kombu message (no delivery tag) is returned unrecorded.
 # KEYS: queue, inbox, unacked hash, unacked index.
 _TAKE_SCRIPT = """
@@ -61,21 +62,29 @@ local function take(raw)
   end
   taken[#taken + 1] = raw
 end
+local bytes = 0
 local raw = redis.call('RPOP', KEYS[2])
 while raw do
   take(raw)
+  bytes = bytes + #raw
   raw = redis.call('RPOP', KEYS[2])
 end
 for _ = 1, tonumber(ARGV[2]) do
+  if bytes >= tonumber(ARGV[3]) then break end
   raw = redis.call('RPOP', KEYS[1])
   if not raw then break end
   take(raw)
+  bytes = bytes + #raw
 end
 return taken
 """
 
 # The most messages one take moves at once (the prefetch limit may lower it).
 TAKE_AT_MOST = 500
+# The most message bytes a consumer holds unacknowledged: past it, it takes no more
+# until some are settled (the prefetch limit counts messages, and a bulk job's message
+# can be 10 MiB).
+BYTES_IN_HAND = 32 * 2**20
 
 # What Redis calls raise once the connection is lost, or once kombu released it (the
 # channel of a message delivered before a reconnect has no connection any more).
@@ -97,8 +106,22 @@ class QoS(kombu_redis.QoS):
         # Delivery tags the take script already recorded as unacknowledged.
         self.recorded: set[str] = set()
         self._deferred: list[str] | None = None
+        self.sizes: dict[str, int] = {}
+
+    def bytes_in_hand(self) -> int:
+        """Body bytes of the messages delivered and not yet settled."""
+        settled = [tag for tag in self.sizes if tag not in self._delivered or tag in self._dirty]
+        for tag in settled:
+            del self.sizes[tag]
+        return sum(self.sizes.values())
+
+    def can_consume(self) -> bool:
+        return bool(super().can_consume()) and self.bytes_in_hand() < BYTES_IN_HAND
 
     def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag not in self.sizes:  # the take script's messages come measured
+            body = getattr(message, "body", b"")
+            self.sizes[delivery_tag] = len(body) if isinstance(body, (bytes, str)) else 0
         if delivery_tag in self.recorded:
             self.recorded.discard(delivery_tag)
             virtual.QoS.append(self, message, delivery_tag)  # in memory only: Redis has it
@@ -283,15 +306,17 @@ class Channel(kombu_redis.Channel):
         """This consumer's inbox and more of ``queue``, recorded as unacknowledged."""
         if self._take is None:
             self._take = self._plain_client().register_script(_TAKE_SCRIPT)
-        room = self.qos.can_consume_max_estimate()
+        qos = self.qos
+        room = qos.can_consume_max_estimate()
         more = TAKE_AT_MOST if room is None else max(0, min(TAKE_AT_MOST, room - 1))
+        budget = BYTES_IN_HAND - (qos.bytes_in_hand() if isinstance(qos, QoS) else 0)
         keys = [
             self._key(queue),
             self._inbox_key(self._inbox_id, queue),
             self._key(self.unacked_key),
             self._key(self.unacked_index_key),
         ]
-        taken: list[bytes] = self._take(keys=keys, args=[time(), more])
+        taken: list[bytes] = self._take(keys=keys, args=[time(), more, max(0, budget)])
         return taken
 
     def _deliver_taken(self, raw: bytes, queue: str) -> None:
@@ -309,6 +334,7 @@ class Channel(kombu_redis.Channel):
         qos = self.qos
         if isinstance(qos, QoS):
             qos.recorded.add(tag)
+            qos.sizes[tag] = len(raw)
         self.connection._deliver(payload, queue)
 
 

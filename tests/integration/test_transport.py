@@ -161,3 +161,25 @@ def test_a_foreign_item_on_the_queue_is_dropped_and_the_rest_delivered(
     assert [m.payload["n"] for m in received] == [1, 2]
     assert redis_client.llen(stored_queue) == 0
     channel.close()
+
+
+def test_a_consumer_holds_a_bounded_number_of_bytes_not_just_of_messages(
+    connection: Connection, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contacts_ingest.transport as transport
+
+    monkeypatch.setattr(transport, "BYTES_IN_HAND", 350_000)
+    queue = unique("transport-q")
+    with connection.SimpleQueue(queue) as simple:
+        for n in range(5):
+            simple.put({"n": n, "pad": "x" * 100_000})  # a bulk job's worth of body
+    channel, received = consuming(connection, queue, prefetch=100)
+    channel._brpop_start()
+    channel._brpop_read()
+    assert [m.payload["n"] for m in received] == [0, 1, 2]  # stops once past the budget
+    assert not channel.qos.can_consume()
+    with channel.qos.acks_together():
+        for message in received[:2]:
+            message.ack()
+    assert channel.qos.can_consume()
+    channel.close()
