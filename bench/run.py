@@ -497,11 +497,31 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     figure.savefig(out / "latency.png", dpi=110)
 
 
+def worker_only(profile: Profile) -> int:
+    """The worker drain alone, for measuring a change to the worker before and after."""
+    stack = Stack()
+    sampler = RssSampler()
+    try:
+        figures = bench_worker(stack, profile, sampler)
+    finally:
+        sampler.close()
+        stack.close()
+    print(json.dumps({**figures, "worker_rss_mib": sampler.peaks.get("worker")}))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="contacts-ingest benchmark")
     parser.add_argument("--quick", action="store_true", help="smaller and shorter (about 2 min)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--worker-only",
+        action="store_true",
+        help="only the worker drain (single and bulk jobs); print its figures, write nothing",
+    )
     args = parser.parse_args()
+    if args.worker_only:
+        return worker_only(QUICK if args.quick else FULL)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk (or brew install wrk)")
     profile = QUICK if args.quick else FULL
