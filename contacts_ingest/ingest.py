@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, RowMapping, TextClause, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from contacts_ingest.contact import (
     ContactInvalid,
@@ -38,10 +37,6 @@ from contacts_ingest.schema import contact_jobs, contacts
 log = logging.getLogger(__name__)
 
 DUPLICATE_MESSAGE = "A contact with this email already exists"
-
-
-def new_contact_id() -> str:
-    return "cnt_" + secrets.token_hex(12)
 
 
 def contact_document(row: RowMapping) -> dict[str, Any]:
@@ -413,7 +408,10 @@ class ContactIngestor:
             if isinstance(request, ContactInvalid):
                 raise _Rejected(400, request.message, request.errors)
             if job.operation == "create":
-                row, code = self._create(conn, job, request), 201
+                created = self._insert_new(conn, [(job.user_id, request, job.accepted_at_us)])[0]
+                if created is None:
+                    raise _Rejected(409, DUPLICATE_MESSAGE)
+                row, code = created, 201
             else:
                 row, code = self._upsert(conn, job, request)
         except _Rejected as rejected:
@@ -528,12 +526,6 @@ class ContactIngestor:
         # Only an email's first occurrence gets the row.
         return [inserted.pop((user_id, request.email_key), None) for user_id, request, _ in items]
 
-    def _create(self, conn: Connection, job: ContactJob, request: ContactRequest) -> RowMapping:
-        row = conn.execute(self._insert_statement(job, request)).mappings().first()
-        if row is None:
-            raise _Rejected(409, DUPLICATE_MESSAGE)
-        return row
-
     def _upsert(
         self, conn: Connection, job: ContactJob, request: ContactRequest
     ) -> tuple[RowMapping, int]:
@@ -544,7 +536,7 @@ class ContactIngestor:
         )
         current = conn.execute(locate).mappings().first()
         if current is None:
-            created = conn.execute(self._insert_statement(job, request)).mappings().first()
+            created = self._insert_new(conn, [(job.user_id, request, job.accepted_at_us)])[0]
             if created is not None:
                 return created, 201
             # Another transaction created it between our look and our insert.
@@ -576,25 +568,3 @@ class ContactIngestor:
             .one()
         )
         return row, 200
-
-    @staticmethod
-    def _insert_statement(job: ContactJob, request: ContactRequest) -> Any:
-        changes = request.changes()
-        values = dict(changes)
-        values["social_profiles"] = _without_nulls(values.get("social_profiles", {}))
-        values["custom_fields"] = _without_nulls(values.get("custom_fields", {}))
-        values.setdefault("status", request.status)
-        return (
-            pg_insert(contacts)
-            .values(
-                id=new_contact_id(),
-                user_id=job.user_id,
-                field_versions=_versions_of(changes, job.accepted_at_us),
-                email_key=request.email_key,
-                created_at=func.now(),
-                updated_at=func.now(),
-                **values,
-            )
-            .on_conflict_do_nothing(index_elements=["user_id", "email_key"])
-            .returning(*contacts.c)
-        )

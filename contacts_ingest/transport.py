@@ -14,8 +14,9 @@ record); contact jobs are idempotent by job id, so that costs only a no-op deliv
 Messages are also taken many at a time: once BLMOVE hands over one, a script moves
 it and as many more as the prefetch limit allows from the queue into the unacked
 record, in one step and one round trip; and acknowledgements given together
-(``QoS.acks_together``) go to Redis in one pipeline. kombu's own transport spends
-four round trips per message, which held a worker to a few hundred jobs a second.
+(``QoS.acks_together``) go to Redis in one pipeline. Taking, recording, clearing the
+inbox and acknowledging had cost four round trips per message, which held a worker to
+a few hundred jobs a second.
 
 Celery selects it with ``broker_transport`` (see celeryconfig.py).
 """
@@ -109,7 +110,8 @@ class QoS(kombu_redis.QoS):
         self.sizes: dict[str, int] = {}
 
     def bytes_in_hand(self) -> int:
-        """Body bytes of the messages delivered and not yet settled."""
+        """Bytes of the messages delivered and not yet settled (as stored in Redis when
+        the take script took them, else their body)."""
         settled = [tag for tag in self.sizes if tag not in self._delivered or tag in self._dirty]
         for tag in settled:
             del self.sizes[tag]

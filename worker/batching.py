@@ -3,8 +3,8 @@
 Celery hands each message to a pool process on its own, so each job pays its own
 transaction and commit. A ``BatchTask`` instead keeps the messages that arrive while
 every pool process is busy, and hands them to the next free process together (at
-most ``batch_size``): when the worker keeps up, each job still goes alone and at
-once; under load, batches grow by themselves.
+most ``batch_size``, in units of ``weight``): when the worker keeps up, each job still
+goes alone and at once; under load, batches grow by themselves.
 
 Acknowledgement stays late: a batch's messages are acknowledged only once the
 process returned, except those it names to hand back, which are put back on the
@@ -61,8 +61,6 @@ class _Delivery:
     job: Any
     weight: int
     message: Any
-    # The channel's QoS, which may take acknowledgements together (our transport's does).
-    qos: Any
 
 
 def _first_argument(message: Any) -> Any:
@@ -110,9 +108,8 @@ class _BatchingConsumer:
         # run later on the event loop, one Redis round trip each; and no Celery
         # bookkeeping hangs on them for this task (it never registers active requests,
         # so there is no reduced prefetch count to restore after a reconnect).
-        qos = getattr(getattr(message, "channel", None), "qos", None)
         job = _first_argument(message)
-        self._waiting.append(_Delivery(job, max(1, self._task.weight(job)), message, qos))
+        self._waiting.append(_Delivery(job, max(1, self._task.weight(job)), message))
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -141,9 +138,12 @@ class _BatchingConsumer:
         self._busy -= 1
         back = set(hand_back) if isinstance(hand_back, list) else set()
         with ExitStack() as together:
-            for qos in {id(d.qos): d.qos for d in batch}.values():
-                if hasattr(qos, "acks_together"):
-                    together.enter_context(qos.acks_together())
+            # Channels whose QoS takes acknowledgements together (our transport's) get
+            # them in one round trip each.
+            channels = {id(d.message.channel): d.message.channel for d in batch}
+            for channel in channels.values():
+                if hasattr(channel.qos, "acks_together"):
+                    together.enter_context(channel.qos.acks_together())
             for index, delivery in enumerate(batch):
                 if index in back:
                     delivery.message.reject_log_error(logger, self._errors, requeue=True)

@@ -95,13 +95,17 @@ def unacked_tags(settings: Settings, redis_client: redis.Redis) -> set[str]:
     return {tag.decode() if isinstance(tag, bytes) else tag for tag in raw}
 
 
-def consuming(connection: Connection, queue: str, prefetch: int) -> tuple[Any, list[Any]]:
+def polled_once(connection: Connection, queue: str, prefetch: int) -> tuple[Any, list[Any]]:
+    """A consumer of ``queue`` after one poll of the worker's event loop: its channel and
+    the messages that poll delivered."""
     channel = connection.channel()
     channel.basic_qos(0, prefetch, False)
     received: list[Any] = []
     channel.basic_consume(queue, False, received.append, unique("consumer"))
     # The connection the worker's event loop would give the channel for polling.
     channel.client.connection = channel.client.connection_pool.get_connection()
+    channel._brpop_start()
+    assert channel._brpop_read() is True
     return channel, received
 
 
@@ -112,9 +116,7 @@ def test_one_poll_takes_as_many_messages_as_the_prefetch_limit_allows(
     with connection.SimpleQueue(queue) as simple:
         for n in range(10):
             simple.put({"n": n})
-    channel, received = consuming(connection, queue, prefetch=4)
-    channel._brpop_start()
-    assert channel._brpop_read() is True
+    channel, received = polled_once(connection, queue, prefetch=4)
     assert [m.payload["n"] for m in received] == [0, 1, 2, 3]
     # Each was recorded as unacknowledged in the same step that took it off the queue.
     assert {m.delivery_tag for m in received} <= unacked_tags(settings, redis_client)
@@ -134,9 +136,7 @@ def test_messages_taken_but_never_acknowledged_come_back_after_the_visibility_ti
     with connection.SimpleQueue(queue) as simple:
         for n in range(3):
             simple.put({"n": n})
-    channel, received = consuming(connection, queue, prefetch=10)
-    channel._brpop_start()
-    channel._brpop_read()
+    channel, received = polled_once(connection, queue, prefetch=10)
     assert len(received) == 3
     channel.qos._delivered.clear()  # the consumer is gone without a word
     time.sleep(2.2)
@@ -155,9 +155,7 @@ def test_a_foreign_item_on_the_queue_is_dropped_and_the_rest_delivered(
         simple.put({"n": 1})
         redis_client.lpush(stored_queue, b"not a kombu message", b'{"properties": 3}')
         simple.put({"n": 2})
-    channel, received = consuming(connection, queue, prefetch=10)
-    channel._brpop_start()
-    channel._brpop_read()
+    channel, received = polled_once(connection, queue, prefetch=10)
     assert [m.payload["n"] for m in received] == [1, 2]
     assert redis_client.llen(stored_queue) == 0
     channel.close()
@@ -173,9 +171,7 @@ def test_a_consumer_holds_a_bounded_number_of_bytes_not_just_of_messages(
     with connection.SimpleQueue(queue) as simple:
         for n in range(5):
             simple.put({"n": n, "pad": "x" * 100_000})  # a bulk job's worth of body
-    channel, received = consuming(connection, queue, prefetch=100)
-    channel._brpop_start()
-    channel._brpop_read()
+    channel, received = polled_once(connection, queue, prefetch=100)
     assert [m.payload["n"] for m in received] == [0, 1, 2]  # stops once past the budget
     assert not channel.qos.can_consume()
     with channel.qos.acks_together():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,6 +16,23 @@ from contacts_ingest.ingest import Outcome
 from worker.batching import BatchTask
 
 
+class FakeQoS:
+    """Counts the rounds in which acknowledgements were given together."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+        self.inside = False
+
+    @contextmanager
+    def acks_together(self) -> Iterator[None]:
+        self.rounds += 1
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+
+
 class FakeMessage:
     content_type = "application/json"
 
@@ -21,8 +40,10 @@ class FakeMessage:
         self.body = json.dumps([[], {"job": job}, {}])
         self.job = job
         self.settled = settled
+        self.channel = settled.channel
 
     def ack_log_error(self, *_: Any) -> None:
+        assert self.settled.qos.inside, "acknowledged outside acks_together"
         self.settled.acked.append(self.job)
 
     def reject_log_error(self, *_: Any, requeue: bool = False) -> None:
@@ -62,6 +83,8 @@ class Settled:
     def __init__(self) -> None:
         self.acked: list[Any] = []
         self.requeued: list[Any] = []
+        self.qos = FakeQoS()
+        self.channel = SimpleNamespace(qos=self.qos)  # one channel, as in a worker
 
     def deliver(self, handler: Callable[..., None], job: Any) -> None:
         handler(FakeMessage(job, self), None, None, None, set())
@@ -149,6 +172,7 @@ def test_jobs_a_batch_hands_back_are_requeued_and_the_rest_acknowledged(
     assert pool.finish(hand_back=[1]) == ["c", "d"]
     assert settled.acked == ["a", "b", "c"]
     assert settled.requeued == [("d", True)]
+    assert settled.qos.rounds == 3  # one round trip per batch, not per message
 
 
 def test_a_batch_whose_process_died_goes_back_on_the_queue_whole(
