@@ -45,12 +45,17 @@ logger = logging.getLogger(__name__)
 # queue (stopping once they add up to ARGV[3] bytes), and records each as
 # unacknowledged (kombu's unacked hash and index, scored with the consumer's clock,
 # ARGV[1]) in the same step. Returns them, oldest first.
-# A message that is not a kombu message (no delivery tag) is returned unrecorded.
+# A message that is not a kombu message (no delivery tag) is returned unrecorded, and
+# nothing is recorded for a consumer that acknowledges nothing (ARGV[4] '0': a
+# control client reading its replies), whose messages would otherwise stay there.
 # KEYS: queue, inbox, unacked hash, unacked index.
+# ARGV: now (seconds), most messages, most bytes, record ('1' or '0').
 _TAKE_SCRIPT = """
 local taken = {}
+local record = ARGV[4] == '1'
 local function take(raw)
-  local ok, message = pcall(cjson.decode, raw)
+  local ok, message = false, nil
+  if record then ok, message = pcall(cjson.decode, raw) end
   local properties = ok and type(message) == 'table' and message.properties
   if type(properties) == 'table' and type(properties.delivery_tag) == 'string' then
     local info = type(properties.delivery_info) == 'table' and properties.delivery_info or {}
@@ -217,6 +222,17 @@ class Channel(kombu_redis.Channel):
         self._inbox_queue: str | None = None
         self._unprefixed: redis.Redis | None = None
         self._take: Any = None
+        # Queues consumed without acknowledgements (a control client's replies).
+        self._no_ack_queues: set[str] = set()
+
+    def basic_consume(
+        self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any
+    ) -> Any:
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
 
     # Keys are prefixed here, by hand, and written through a client that adds no prefix.
     def _key(self, name: str) -> str:
@@ -318,7 +334,8 @@ class Channel(kombu_redis.Channel):
             self._key(self.unacked_key),
             self._key(self.unacked_index_key),
         ]
-        taken: list[bytes] = self._take(keys=keys, args=[time(), more, max(0, budget)])
+        record = "0" if queue in self._no_ack_queues else "1"
+        taken: list[bytes] = self._take(keys=keys, args=[time(), more, max(0, budget), record])
         return taken
 
     def _deliver_taken(self, raw: bytes, queue: str) -> None:
@@ -329,12 +346,13 @@ class Channel(kombu_redis.Channel):
                 payload = loads(bytes_to_str(raw))
             tag = payload["properties"]["delivery_tag"]
         except (ValueError, TypeError, KeyError):
+            # Its bytes could be anyone's data: only its size goes to the log.
             logger.error(
-                "dropping a message on %s that is not a task message: %r", queue, raw[:200]
+                "dropping a message on %s that is not a task message (%d bytes)", queue, len(raw)
             )
             return
         qos = self.qos
-        if isinstance(qos, QoS):
+        if isinstance(qos, QoS) and queue not in self._no_ack_queues:
             qos.recorded.add(tag)
             qos.sizes[tag] = len(raw)
         self.connection._deliver(payload, queue)

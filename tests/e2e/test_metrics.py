@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,4 +59,34 @@ def test_gateway_and_worker_metrics_count_what_happened(settings: Settings, log_
         assert "contacts_worker_retries_total" in worker_text
     finally:
         gateway.stop()
+        worker.stop()
+
+
+def test_control_pings_leave_the_unacked_count_unchanged(settings: Settings, log_dir: Path) -> None:
+    # The compose healthcheck pings every 30 s; replies must not look like jobs in hand.
+    port = free_port()
+    env = service_env(settings, CELERY_QUEUE=unique("contacts-ping"), WORKER_METRICS_PORT=str(port))
+    worker = start_worker(env, log_dir, "ping-worker")
+    try:
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                before = value(requests.get(metrics, timeout=2).text, "contacts_worker_unacked")
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "worker metrics never came up"
+                time.sleep(0.2)
+        answered = 0
+        for _ in range(5):
+            ping = subprocess.run(
+                [sys.executable, "-m", "celery", "-A", "worker.app", "inspect", "ping",
+                 "--timeout", "5"],
+                env=env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            answered += "pong" in ping.stdout
+        assert answered >= 4, "the worker should answer its pings"
+        after = value(requests.get(metrics, timeout=2).text, "contacts_worker_unacked")
+        assert after == before
+    finally:
         worker.stop()

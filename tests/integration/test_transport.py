@@ -179,3 +179,24 @@ def test_a_consumer_holds_a_bounded_number_of_bytes_not_just_of_messages(
             message.ack()
     assert channel.qos.can_consume()
     channel.close()
+
+
+def test_a_consumer_that_acknowledges_nothing_leaves_no_unacked_record(
+    connection: Connection, settings: Settings, redis_client: redis.Redis
+) -> None:
+    # What a control client (celery inspect) does with its replies: no_ack consumption.
+    queue = unique("transport-replies")
+    with connection.SimpleQueue(queue) as simple:
+        for n in range(3):
+            simple.put({"n": n})
+    before = unacked_tags(settings, redis_client)
+    channel = connection.channel()
+    received: list[Any] = []
+    channel.basic_consume(queue, True, received.append, unique("replies"))
+    channel.client.connection = channel.client.connection_pool.get_connection()
+    channel._brpop_start()
+    assert channel._brpop_read() is True
+    assert [m.payload["n"] for m in received] == [0, 1, 2]
+    assert unacked_tags(settings, redis_client) == before
+    assert not channel.qos._delivered, "nothing is waiting for an acknowledgement"
+    channel.close()
