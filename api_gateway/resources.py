@@ -239,6 +239,11 @@ class ContactIntake:
             quota=quota.name,
             enqueue=enqueue,
         )
+        resp.set_header("RateLimit-Policy", f'"{quota.name}";q={quota.limit};w={quota.window}')
+        resp.set_header(
+            "RateLimit",
+            f'"{quota.name}";r={admission.remaining or 0};t={admission.reset_seconds}',
+        )
         if admission.idempotency == "replay" and admission.original is not None:
             resp.set_header("Idempotent-Replayed", "true")
             self._answer(req, resp, *admission.original)
@@ -256,11 +261,6 @@ class ContactIntake:
                 PROBLEM_KEY_REUSED,
                 f"This {key.header if key else ''} was already used for a different request",
             )
-        resp.set_header("RateLimit-Policy", f'"{quota.name}";q={quota.limit};w={quota.window}')
-        resp.set_header(
-            "RateLimit",
-            f'"{quota.name}";r={admission.remaining or 0};t={admission.reset_seconds}',
-        )
         if not admission.allowed:
             RATE_LIMITED.labels(quota.name).inc()
             raise falcon.HTTPTooManyRequests(

@@ -132,7 +132,7 @@ class Admission:
     allowed: bool
     # Writes left in the window (None when no limit applied).
     remaining: int | None
-    # Seconds until the oldest counted write leaves the window.
+    # Seconds until the oldest counted write leaves the window (0 if none is counted).
     reset_seconds: int
     accepted_at_us: int
     # For a request with an Idempotency-Key: "replay" (an earlier request with this key
@@ -143,10 +143,12 @@ class Admission:
     original: tuple[str, Operation] | None = None
 
 
-# One atomic step, on Redis's own clock: settle the request's Idempotency-Key (a repeat
-# is answered from its record and counts nothing), count the write against the user's
-# rolling window (a sorted set of admission times) and, when admitted, record the job as
-# queued and reserve the Idempotency-Key for it.
+# One atomic step, on Redis's own clock: settle the request's Idempotency-Key, count
+# the write against the user's rolling window (a sorted set of admission times) and,
+# when admitted, record the job as queued and reserve the Idempotency-Key for it.
+# A repeat of a request already accepted (or being accepted) under the same key counts
+# nothing and is answered from its record; the same key with other content counts like
+# any refused write. Either way the window's state comes back for the RateLimit headers.
 # With a message (a whole Celery message whose accepted time is left as a placeholder),
 # the same step also pushes it onto the queue: the job is accepted and queued at once,
 # so its Idempotency-Key is settled at once too.
@@ -154,35 +156,44 @@ class Admission:
 # ARGV: apply_limit, limit, window_us, member, record_job, user_id, operation,
 # record_ttl_s, fingerprint, idempotency_pending_s, message, idempotency_ttl_s.
 # Returns {verdict, remaining, reset_us, now_us, original_job_id, original_operation};
-# verdict: 1 admitted, 0 over the limit, 2 replay, 3 in progress, 4 key reused.
+# verdict: 1 admitted, 0 over the limit, 2 replay, 3 in progress, 4 key reused;
+# remaining is -1 without a limit.
 _ADMIT_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local remaining = -1
-local reset = 0
+local verdict = 1
+local seen = {}
 if KEYS[3] ~= '' then
-  local seen = redis.call('HMGET', KEYS[3], 'fingerprint', 'state', 'job_id', 'operation')
+  seen = redis.call('HMGET', KEYS[3], 'fingerprint', 'state', 'job_id', 'operation')
   if seen[1] then
-    if seen[1] ~= ARGV[9] then return {4, -1, 0, now, '', ''} end
-    if seen[2] ~= 'accepted' then return {3, -1, 0, now, '', ''} end
-    return {2, -1, 0, now, seen[3], seen[4]}
+    if seen[1] ~= ARGV[9] then verdict = 4
+    elseif seen[2] ~= 'accepted' then verdict = 3
+    else verdict = 2 end
   end
 end
+local original, original_op = seen[3] or '', seen[4] or ''
+local remaining = -1
+local reset = 0
 if ARGV[1] == '1' then
   local limit = tonumber(ARGV[2])
   local window = tonumber(ARGV[3])
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
   local used = redis.call('ZCARD', KEYS[1])
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if verdict == 2 or verdict == 3 then
+    if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+    return {verdict, math.max(0, limit - used), reset, now, original, original_op}
+  end
   if used >= limit then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
     return {0, 0, tonumber(oldest[2]) + window - now, now, '', ''}
   end
   redis.call('ZADD', KEYS[1], now, ARGV[4])
   redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
   remaining = limit - used - 1
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   reset = tonumber(oldest[2]) + window - now
 end
+if verdict ~= 1 then return {verdict, remaining, reset, now, original, original_op} end
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[2], 'user_id', ARGV[6], 'operation', ARGV[7],
              'status', 'queued', 'accepted_at_us', now, 'attempts', 0)
@@ -331,7 +342,7 @@ class JobBoard:
         return Admission(
             allowed=verdict == 1,
             remaining=None if remaining < 0 else int(remaining),
-            reset_seconds=max(1, -(-int(reset_us) // 1_000_000)) if limit else 0,
+            reset_seconds=max(1, -(-int(reset_us) // 1_000_000)) if reset_us > 0 else 0,
             accepted_at_us=int(now_us),
             idempotency=verdicts.get(int(verdict), "new"),
             original=(original_id.decode(), _operation(original_op.decode()))

@@ -47,3 +47,18 @@ def test_idempotency_keys_do_not_cross_users(service: Service) -> None:
         requests.get(f"{service.base}/io/contacts/jobs/{a}", headers=bob, timeout=5).status_code
         == 404
     )
+
+
+def test_every_answer_to_a_keyed_post_carries_the_rate_limit_headers(service: Service) -> None:
+    _, auth = service.new_user()
+    headers = {**auth, "Idempotency-Key": "headers-1"}
+    body = {"email": "headers@example.com"}
+    first = service.post(headers, body)
+    replay = service.post(headers, body)
+    reused = service.post(headers, {"email": "other@example.com"})
+    after = service.post(auth, {"email": "after@example.com"})
+    assert [a.status_code for a in (first, replay, reused, after)] == [202, 202, 422, 202]
+    remaining = [a.headers["RateLimit"].split(";")[1] for a in (first, replay, reused, after)]
+    # The replay counts nothing; the 422 counts like any other authenticated POST.
+    assert remaining == ["r=199", "r=199", "r=198", "r=197"]
+    assert all(a.headers["RateLimit-Policy"] == '"writes";q=200;w=60' for a in (replay, reused))

@@ -134,3 +134,23 @@ def test_a_quoted_key_is_the_same_key(gw: Harness) -> None:
 def test_an_invalid_body_with_a_new_key_is_400_and_reserves_nothing(gw: Harness) -> None:
     assert gw.post({"email": "nope"}, headers=keyed("k-5")).status_code == 400
     assert gw.post(BODY, headers=keyed("k-5")).status_code == 202
+
+
+def test_a_replay_carries_the_rate_limit_headers_and_counts_nothing(gw: Harness) -> None:
+    first = gw.post(BODY, headers=keyed("k-headers"))
+    again = gw.post(BODY, headers=keyed("k-headers"))
+    assert first.headers["RateLimit"].startswith('"writes";r=2;')
+    assert again.headers["RateLimit-Policy"] == '"writes";q=3;w=60'
+    assert again.headers["RateLimit"].startswith('"writes";r=2;')
+
+
+def test_a_reused_key_is_counted_like_any_refused_write(gw: Harness) -> None:
+    gw.post(BODY, headers=keyed("k-count"))
+    reused = gw.post({**BODY, "firstName": "Other"}, headers=keyed("k-count"))
+    assert reused.status_code == 422
+    assert reused.headers["RateLimit-Policy"] == '"writes";q=3;w=60'
+    assert reused.headers["RateLimit"].startswith('"writes";r=1;')
+    assert gw.post({"email": "last@example.com"}).status_code == 202
+    # The quota of 3 is used up: the next reuse is refused by the limit itself.
+    over = gw.post({**BODY, "firstName": "Again"}, headers=keyed("k-count"))
+    assert over.status_code == 429
