@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import click
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -14,6 +15,7 @@ from contacts_ingest.settings import Settings
 
 if TYPE_CHECKING:
     from contacts_ingest.importer import Summary
+    from contacts_ingest.producer import ContactProducer
 
 
 def _settings() -> Settings:
@@ -218,32 +220,77 @@ def keys_list(user_id: str | None) -> None:
     default=None,
     help="Default: from the file's extension (.csv, .jsonl, .ndjson).",
 )
-def import_contacts(file: Path, user_id: str, upsert: bool, file_format: str | None) -> None:
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Enqueue every batch and print their job ids, without waiting for the outcome.",
+)
+def import_contacts(
+    file: Path, user_id: str, upsert: bool, file_format: str | None, no_wait: bool
+) -> None:
     """Import a CSV or JSONL file of contacts, in batches of 1,000, and report the outcome.
 
     CSV columns are the API's field names (email, firstName, ...); socialProfiles.<key>
     and customFields.<key> columns fill those objects; empty cells are left out.
     JSONL has one contact object per line.
     """
-    from tqdm import tqdm
-
-    from contacts_ingest.importer import count_rows, format_of, import_file
+    from contacts_ingest.importer import format_of, import_file
     from contacts_ingest.producer import ContactProducer
 
     try:
         kind = format_of(file, file_format)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="FILE") from exc
-    total = count_rows(file, kind)
     producer = ContactProducer(_settings())
-    with tqdm(total=total, unit="rows", unit_scale=True, dynamic_ncols=True) as bar:
+    if no_wait:
+        jobs: list[str] = []
+
+        def sent(job_id: str) -> None:
+            jobs.append(job_id)
+            click.echo(job_id)
+
+        summary = import_file(
+            file, kind, producer, user_id, upsert=upsert, wait=False,
+            on_progress=lambda summary: None, on_sent=sent,
+        )  # fmt: skip
+        click.echo(
+            f"enqueued {summary.accepted - summary.failed:,} rows in {len(jobs):,} batch jobs;"
+            " follow each with GET /io/contacts/jobs/<job_id>",
+            err=True,
+        )
+        for line, message in summary.first_errors:
+            click.echo(f"  line {line}: {message}", err=True)
+        return
+    _import_and_wait(file, kind, producer, user_id, upsert)
+
+
+def _import_and_wait(
+    file: Path, kind: Literal["csv", "jsonl"], producer: ContactProducer, user_id: str,
+    upsert: bool,
+) -> None:  # fmt: skip
+    from tqdm import tqdm
+
+    from contacts_ingest.importer import count_rows, import_file
+
+    def stalled(seconds: float) -> None:
+        tqdm.write(
+            f"no worker has taken a job for {seconds:.0f} s: is `contacts-ingest worker`"
+            " running? (--no-wait enqueues without waiting)",
+            file=sys.stderr,
+        )
+
+    total = count_rows(file, kind)
+    # Whole numbers: tqdm's unit scaling shows counts as 9e+4.
+    with tqdm(total=total, unit="rows", dynamic_ncols=True) as bar:
 
         def progress(summary: Summary) -> None:
             bar.update(summary.done - bar.n)
             bar.set_postfix(created=summary.created, updated=summary.updated,
                             failed=summary.failed, refresh=False)  # fmt: skip
 
-        summary = import_file(file, kind, producer, user_id, upsert=upsert, on_progress=progress)
+        summary = import_file(
+            file, kind, producer, user_id, upsert=upsert, on_progress=progress, on_stall=stalled
+        )
     rows = [
         ("accepted", summary.accepted),
         ("created", summary.created),

@@ -4,7 +4,7 @@ Memory stays flat whatever the file's size: rows are read one at a time, sent in
 batches of up to 1,000 through the internal producer, and at most ``window`` batches
 are in flight; the oldest is awaited (its status polled) before the next is sent,
 which also keeps the queue from swallowing a whole file at once. Each batch remembers
-only the file line of its first row, so errors are reported with their line numbers.
+the file line of each of its rows, so errors are reported with their line numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from contacts_ingest.producer import ContactProducer
 
 Format = Literal["csv", "jsonl"]
 FIRST_ERRORS = 10
+# How long the oldest batch may stay queued before the importer says no worker took it.
+STALL_SECONDS = 10.0
+NOT_JSON_MESSAGE = "body: Request body must be valid JSON"
 
 
 @dataclass
@@ -37,6 +40,12 @@ class Summary:
     @property
     def done(self) -> int:
         return self.created + self.updated + self.failed
+
+    def note_error(self, line: int, message: str) -> None:
+        """Keep the first errors in file order, whichever order they are learnt in."""
+        self.first_errors.append((line, message))
+        self.first_errors.sort()
+        del self.first_errors[FIRST_ERRORS:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +82,22 @@ def _csv_rows(handle: Any) -> Iterator[tuple[int, Any]]:
         line = reader.line_num + 1
 
 
+class _NotJson:
+    """A JSONL line that does not parse: reported by the importer, never sent."""
+
+
+NOT_JSON = _NotJson()
+
+
 def _jsonl_rows(handle: Any) -> Iterator[tuple[int, Any]]:
-    """(line, contact) per non-blank line; a line that is not JSON is sent as its text,
-    and the worker reports it as not a JSON object."""
+    """(line, contact) per non-blank line; ``NOT_JSON`` for a line that is not JSON."""
     for number, text in enumerate(handle, start=1):
         if not text.strip():
             continue
         try:
             yield number, json.loads(text)
-        except json.JSONDecodeError:
-            yield number, text.rstrip("\n")
+        except (json.JSONDecodeError, RecursionError):
+            yield number, NOT_JSON
 
 
 def count_rows(path: Path, kind: Format) -> int:
@@ -99,35 +114,58 @@ def import_file(
     *,
     upsert: bool,
     on_progress: Callable[[Summary], None],
+    on_stall: Callable[[float], None] = lambda seconds: None,
+    on_sent: Callable[[str], None] = lambda job_id: None,
+    wait: bool = True,
     window: int = 8,
     batch_size: int = BATCH_MAX_CONTACTS,
     poll_seconds: float = 0.2,
 ) -> Summary:
-    """Send every row; wait for every batch to be final; return the counts."""
+    """Send every row; wait for every batch to be final; return the counts.
+
+    ``on_sent`` gets each batch's job id as it is enqueued. Without ``wait``, nothing
+    is awaited: the summary then counts only what was sent and what never could be.
+    ``on_stall`` is called once if the oldest batch stays queued for ``STALL_SECONDS``
+    (no worker is taking jobs).
+    """
     summary = Summary()
     in_flight: deque[_Sent] = deque()
+    stalled = False
 
     def settle_oldest() -> None:
+        nonlocal stalled
         sent = in_flight.popleft()
+        since = time.monotonic()
         while True:
             status = producer.status(sent.job_id, user_id)
             if status is not None and status["status"] in ("succeeded", "failed"):
                 break
+            waited = time.monotonic() - since
+            if not stalled and waited >= STALL_SECONDS and status and status["status"] == "queued":
+                stalled = True
+                on_stall(waited)
             time.sleep(poll_seconds)
         _count(summary, sent, status)
         on_progress(summary)
 
     def send(rows: list[tuple[int, Any]]) -> None:
-        if len(in_flight) >= window:
+        if wait and len(in_flight) >= window:
             settle_oldest()
         job_id = producer.enqueue_batch(user_id, [row for _, row in rows], upsert=upsert)
-        in_flight.append(_Sent(job_id, tuple(line for line, _ in rows)))
+        on_sent(job_id)
+        if wait:
+            in_flight.append(_Sent(job_id, tuple(line for line, _ in rows)))
         summary.accepted += len(rows)
 
     with path.open(newline="", encoding="utf-8") as handle:
         rows = _csv_rows(handle) if kind == "csv" else _jsonl_rows(handle)
         chunk: list[tuple[int, Any]] = []
         for row in rows:
+            if row[1] is NOT_JSON:
+                summary.accepted += 1
+                summary.failed += 1
+                summary.note_error(row[0], NOT_JSON_MESSAGE)
+                continue
             chunk.append(row)
             if len(chunk) == batch_size:
                 send(chunk)
@@ -142,16 +180,17 @@ def import_file(
 def _count(summary: Summary, sent: _Sent, status: dict[str, Any]) -> None:
     if status["status"] == "failed":  # the batch itself was refused
         summary.failed += len(sent.lines)
-        if len(summary.first_errors) < FIRST_ERRORS:
-            summary.first_errors.append((sent.lines[0], status["error"]["message"]))
+        summary.note_error(sent.lines[0], status["error"]["message"])
         return
     counts = status["result"]["counts"]
     summary.created += counts["created"]
     summary.updated += counts["updated"]
     summary.failed += counts["failed"]
+    noted = 0
     for item in status["result"]["items"]:
-        if len(summary.first_errors) >= FIRST_ERRORS:
+        if noted >= FIRST_ERRORS:
             break
         if item["code"] >= 400:
+            noted += 1
             fields = ", ".join(f"{e['field']}: {e['message']}" for e in item.get("errors", []))
-            summary.first_errors.append((sent.lines[item["index"]], fields or item["error"]))
+            summary.note_error(sent.lines[item["index"]], fields or item["error"])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -91,4 +93,62 @@ def test_import_streams_a_csv_file_and_summarises(service: Service, tmp_path: Pa
         "updated             0",
         "failed              1",
     ]
-    assert "  line 4: body: Request body must be a JSON object" in third.stdout.splitlines()
+    assert "  line 4: body: Request body must be valid JSON" in third.stdout.splitlines()
+
+
+def test_import_without_waiting_prints_each_batch_job_id(service: Service, tmp_path: Path) -> None:
+    user = unique("user")
+    path = tmp_path / "nowait.jsonl"
+    path.write_text(
+        "".join(json.dumps({"email": f"nw{i}@example.com"}) + "\n" for i in range(1500))
+    )
+    done = subprocess.run(
+        [CLI, "import", str(path), "--user", user, "--no-wait"],
+        env=service.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    job_ids = done.stdout.split()
+    assert len(job_ids) == 2
+    assert all(j.startswith("job_") for j in job_ids)
+    assert "enqueued 1,500 rows in 2 batch jobs" in done.stderr
+    counts = [wait_final_for(service, user, job_id)["result"]["counts"] for job_id in job_ids]
+    assert sum(c["created"] for c in counts) == 1500
+
+
+def wait_final_for(service: Service, user: str, job_id: str) -> Any:
+    from contacts_ingest.producer import ContactProducer
+    from contacts_ingest.settings import Settings
+
+    producer = ContactProducer(
+        Settings(
+            database_url=service.env["DATABASE_URL"],
+            redis_url=service.env["REDIS_URL"],
+            redis_key_prefix=service.env["REDIS_KEY_PREFIX"],
+            celery_queue=service.env["CELERY_QUEUE"],
+        )
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        status = producer.status(job_id, user)
+        if status and status["status"] in ("succeeded", "failed"):
+            return status
+        assert time.monotonic() < deadline, f"{job_id} not final"
+        time.sleep(0.1)
+
+
+def test_import_with_no_worker_running_says_so(service: Service, tmp_path: Path) -> None:
+    path = tmp_path / "stuck.jsonl"
+    path.write_text(json.dumps({"email": "stuck@example.com"}) + "\n")
+    # A queue no worker consumes: the batch stays queued.
+    env = {**service.env, "CELERY_QUEUE": unique("no-worker")}
+    importing = subprocess.Popen(
+        [CLI, "import", str(path), "--user", unique("user")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(13)
+    finally:
+        importing.kill()
+        _, stderr = importing.communicate(timeout=10)
+    assert "no worker has taken a job for 10 s" in stderr
+    assert "--no-wait" in stderr
