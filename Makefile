@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 
 .PHONY: help
 help: ## List the verbs
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: install
 install: $(BIN)/.installed ## Create .venv and install the project with its test tools
@@ -66,4 +66,4 @@ format: install ## Format the code and apply safe lint fixes
 
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and local dev data
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .contacts-ingest *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .schemathesis .contacts-ingest *.egg-info
