@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from contacts_ingest.settings import Settings
+from contacts_ingest.infrastructure.settings import Settings
 
 
 def from_settings(settings: Settings) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def from_settings(settings: Settings) -> dict[str, Any]:
 
 
 # kombu's Redis transport, except that a consumer cannot lose the message it is handed.
-broker_transport = "contacts_ingest.transport:Transport"
+broker_transport = "contacts_ingest.infrastructure.transport:Transport"
 broker_connection_retry_on_startup = True
 task_serializer = "json"
 accept_content = ["json"]

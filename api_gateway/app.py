@@ -28,10 +28,10 @@ from api_gateway.resources import (
     WebhookResource,
 )
 from api_gateway.waiting import CompletionListener
-from contacts_ingest.jobs import JobBoard, JobPublisher
-from contacts_ingest.messages import json_bytes
-from contacts_ingest.settings import Settings
-from contacts_ingest.status import FinalJobReader
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.jobs.board import JobBoard, JobPublisher
+from contacts_ingest.jobs.messages import json_bytes
+from contacts_ingest.jobs.status import FinalJobReader
 
 log = logging.getLogger(__name__)
 

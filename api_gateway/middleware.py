@@ -10,7 +10,7 @@ from typing import Any
 
 import falcon
 
-from contacts_ingest.metrics import REQUEST_SECONDS, REQUESTS
+from contacts_ingest.infrastructure.metrics import REQUEST_SECONDS, REQUESTS
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")

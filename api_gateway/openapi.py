@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from contacts_ingest.contact import STATUSES, ContactRequest
-from contacts_ingest.settings import Settings
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.model.contact import STATUSES, ContactRequest
 
 _REF = "#/components/schemas/{model}"
 

@@ -17,8 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api_gateway.buffering import STEP_OUT
 from api_gateway.waiting import CompletionListener, preferred_wait
-from contacts_ingest.contact import ContactInvalid, FieldError, parse_batch, parse_contact
-from contacts_ingest.jobs import (
+from contacts_ingest.access.webhooks import WebhookRejected
+from contacts_ingest.infrastructure.metrics import ENQUEUE_FAILURES, RATE_LIMITED, scrape
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.jobs.board import (
     ContactJob,
     Idempotency,
     JobBoard,
@@ -26,10 +28,8 @@ from contacts_ingest.jobs import (
     Operation,
     new_job_id,
 )
-from contacts_ingest.metrics import ENQUEUE_FAILURES, RATE_LIMITED, scrape
-from contacts_ingest.settings import Settings
-from contacts_ingest.status import FinalJobReader, job_status
-from contacts_ingest.webhooks import WebhookRejected
+from contacts_ingest.jobs.status import FinalJobReader, job_status
+from contacts_ingest.model.contact import ContactInvalid, FieldError, parse_batch, parse_contact
 
 # A job -> (queue key, Celery message) for admission to push in the same step.
 MessageBuilder = Callable[[ContactJob], tuple[str, bytes]]

@@ -13,15 +13,15 @@ from api_gateway.app import GatewayDeps, create_app
 from api_gateway.buffering import BufferedBodies
 from api_gateway.resources import max_body_bytes
 from api_gateway.waiting import CompletionListener
-from contacts_ingest.database import make_engine
-from contacts_ingest.jobs import JobBoard
-from contacts_ingest.keys import KeyResolver
-from contacts_ingest.logs import configure_logging
-from contacts_ingest.messages import CeleryMessages
-from contacts_ingest.schema import require_current_schema
-from contacts_ingest.settings import Settings
-from contacts_ingest.status import read_final_job
-from contacts_ingest.webhooks import WebhookVerifier
+from contacts_ingest.access.keys import KeyResolver
+from contacts_ingest.access.webhooks import WebhookVerifier
+from contacts_ingest.infrastructure.database import make_engine
+from contacts_ingest.infrastructure.logs import configure_logging
+from contacts_ingest.infrastructure.schema import require_current_schema
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.messages import CeleryMessages
+from contacts_ingest.jobs.status import read_final_job
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

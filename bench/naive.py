@@ -18,7 +18,7 @@ from celery import Celery
 from sqlalchemy import create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from contacts_ingest.settings import Settings, sqlalchemy_url
+from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url
 
 settings = Settings()
 app = Celery("naive", broker=settings.broker_url)

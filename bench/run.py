@@ -43,10 +43,10 @@ GRANIAN = str(Path(sys.executable).parent / "granian")
 WRK_SCRIPT = str(ROOT / "bench" / "wrk_post_contacts.lua")
 
 sys.path.insert(0, str(ROOT))
-from contacts_ingest.devserver import free_port  # noqa: E402
-from contacts_ingest.migrate import upgrade  # noqa: E402
+from contacts_ingest.commands.dev import free_port  # noqa: E402
+from contacts_ingest.infrastructure.migrate import upgrade  # noqa: E402
+from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url  # noqa: E402
 from contacts_ingest.producer import ContactProducer  # noqa: E402
-from contacts_ingest.settings import Settings, sqlalchemy_url  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ import redis
 import requests
 from sqlalchemy import create_engine, make_url, text
 
-from contacts_ingest.devserver import free_port
-from contacts_ingest.migrate import upgrade
-from contacts_ingest.settings import Settings, sqlalchemy_url
+from contacts_ingest.commands.dev import free_port
+from contacts_ingest.infrastructure.migrate import upgrade
+from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url
 
 CLI = str(Path(sys.executable).parent / "contacts-ingest")
 

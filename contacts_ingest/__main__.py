@@ -1,3 +1,3 @@
-from contacts_ingest.cli import main
+from contacts_ingest.commands.cli import main
 
 main()

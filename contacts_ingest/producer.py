@@ -19,10 +19,10 @@ from typing import Any
 import redis
 from celery import Celery
 
-from contacts_ingest.database import make_engine
-from contacts_ingest.jobs import TASK_NAME, ContactJob, JobBoard, Operation, new_job_id
-from contacts_ingest.settings import Settings
-from contacts_ingest.status import job_status, read_final_job
+from contacts_ingest.infrastructure.database import make_engine
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.jobs.board import TASK_NAME, ContactJob, JobBoard, Operation, new_job_id
+from contacts_ingest.jobs.status import job_status, read_final_job
 
 
 def producer_celery(settings: Settings) -> Celery:

@@ -15,9 +15,9 @@ import pytest
 import redis
 from sqlalchemy import Engine, create_engine, make_url, text
 
-from contacts_ingest.database import make_engine
-from contacts_ingest.migrate import upgrade
-from contacts_ingest.settings import Settings, sqlalchemy_url
+from contacts_ingest.infrastructure.database import make_engine
+from contacts_ingest.infrastructure.migrate import upgrade
+from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url
 
 RUN_ID = secrets.token_hex(4)
 ADMIN_DATABASE_URL = os.environ.get(

@@ -13,12 +13,12 @@ import redis
 from celery.signals import worker_process_shutdown
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from contacts_ingest.database import make_engine
-from contacts_ingest.ingest import ContactIngestor, Outcome
-from contacts_ingest.jobs import TASK_NAME, JobBoard
-from contacts_ingest.metrics import BATCH_JOBS, JOB_SECONDS, JOBS, RETRIES
-from contacts_ingest.metrics_dir import MULTIPROC_ENV
-from contacts_ingest.settings import Settings
+from contacts_ingest.infrastructure.database import make_engine
+from contacts_ingest.infrastructure.metrics import BATCH_JOBS, JOB_SECONDS, JOBS, RETRIES
+from contacts_ingest.infrastructure.metrics_dir import MULTIPROC_ENV
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.ingestion.service import ContactIngestor, Outcome
+from contacts_ingest.jobs.board import TASK_NAME, JobBoard
 from worker.app import app
 from worker.batching import BatchTask
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from contacts_ingest.settings import Settings
+from contacts_ingest.infrastructure.settings import Settings
 from tests.conftest import free_port, unique
 
 CLI = str(Path(sys.executable).parent / "contacts-ingest")

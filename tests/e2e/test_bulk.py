@@ -116,8 +116,8 @@ def test_import_without_waiting_prints_each_batch_job_id(service: Service, tmp_p
 
 
 def wait_final_for(service: Service, user: str, job_id: str) -> Any:
+    from contacts_ingest.infrastructure.settings import Settings
     from contacts_ingest.producer import ContactProducer
-    from contacts_ingest.settings import Settings
 
     producer = ContactProducer(
         Settings(

@@ -6,7 +6,7 @@ import pytest
 import requests
 from sqlalchemy import Engine, func, select
 
-from contacts_ingest.schema import contact_jobs
+from contacts_ingest.infrastructure.schema import contact_jobs
 from tests.e2e.conftest import Service
 
 pytestmark = pytest.mark.e2e

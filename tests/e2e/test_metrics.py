@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from contacts_ingest.settings import Settings
+from contacts_ingest.infrastructure.settings import Settings
 from tests.conftest import free_port, unique
 from tests.e2e.conftest import create_key, service_env, start_gateway, start_worker, wait_final
 

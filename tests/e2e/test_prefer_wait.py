@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from contacts_ingest.settings import Settings
+from contacts_ingest.infrastructure.settings import Settings
 from tests.conftest import unique
 from tests.e2e.conftest import Service, create_key, service_env, start_gateway
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from contacts_ingest.jobs import ContactJob
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.jobs.board import ContactJob
 from contacts_ingest.producer import CeleryPublisher, ContactProducer, producer_celery
-from contacts_ingest.settings import Settings
 from tests.conftest import CONTACT_FIELDS, unique
 from tests.e2e.conftest import (
     CLI,

@@ -9,10 +9,10 @@ import pytest
 import redis
 from sqlalchemy import Engine, select
 
-from contacts_ingest.jobs import JobBoard
+from contacts_ingest.infrastructure.schema import contact_jobs
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.producer import ContactProducer
-from contacts_ingest.schema import contact_jobs
-from contacts_ingest.settings import Settings
 from tests.conftest import free_port, unique
 from tests.e2e.conftest import service_env, start_worker
 

@@ -23,12 +23,12 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select, text
 
-from contacts_ingest.database import make_engine
-from contacts_ingest.jobs import JobBoard
-from contacts_ingest.migrate import upgrade
+from contacts_ingest.infrastructure.database import make_engine
+from contacts_ingest.infrastructure.migrate import upgrade
+from contacts_ingest.infrastructure.schema import contact_jobs, contacts
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.producer import ContactProducer
-from contacts_ingest.schema import contact_jobs, contacts
-from contacts_ingest.settings import Settings
 from tests.conftest import unique
 from tests.e2e.conftest import Process, service_env, start_gateway, start_worker
 from tests.faults.servers import PrivatePostgres, PrivateRedis, temp_root

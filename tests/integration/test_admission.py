@@ -11,10 +11,10 @@ from dataclasses import replace
 import pytest
 import redis
 
-from contacts_ingest.jobs import Admission, ContactJob, Idempotency, JobBoard, new_job_id
-from contacts_ingest.messages import CeleryMessages
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.jobs.board import Admission, ContactJob, Idempotency, JobBoard, new_job_id
+from contacts_ingest.jobs.messages import CeleryMessages
 from contacts_ingest.producer import CeleryPublisher, producer_celery
-from contacts_ingest.settings import Settings
 from tests.conftest import unique
 
 pytestmark = pytest.mark.integration

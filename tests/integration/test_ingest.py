@@ -10,11 +10,11 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select
 
-from contacts_ingest.ingest import ContactIngestor, Outcome
-from contacts_ingest.jobs import ContactJob, JobBoard, Operation, new_job_id
-from contacts_ingest.schema import contact_jobs, contacts
-from contacts_ingest.settings import Settings
-from contacts_ingest.status import job_status, read_final_job
+from contacts_ingest.infrastructure.schema import contact_jobs, contacts
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.ingestion.service import ContactIngestor, Outcome
+from contacts_ingest.jobs.board import ContactJob, JobBoard, Operation, new_job_id
+from contacts_ingest.jobs.status import job_status, read_final_job
 from tests.conftest import CONTACT_FIELDS, unique
 
 pytestmark = pytest.mark.integration

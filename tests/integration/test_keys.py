@@ -8,8 +8,7 @@ import pytest
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import InternalError, OperationalError
 
-from contacts_ingest.database import make_engine
-from contacts_ingest.keys import (
+from contacts_ingest.access.keys import (
     KEY_PREFIX,
     KeyResolver,
     create_key,
@@ -17,7 +16,8 @@ from contacts_ingest.keys import (
     list_keys,
     revoke_key,
 )
-from contacts_ingest.schema import api_keys
+from contacts_ingest.infrastructure.database import make_engine
+from contacts_ingest.infrastructure.schema import api_keys
 from tests.conftest import free_port, unique
 
 pytestmark = pytest.mark.integration

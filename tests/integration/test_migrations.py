@@ -6,14 +6,14 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, make_url, text
 
-from contacts_ingest.migrate import (
+from contacts_ingest.infrastructure.migrate import (
     alembic_config,
     ensure_database,
     head_revision,
     require_current_schema,
     upgrade,
 )
-from contacts_ingest.settings import sqlalchemy_url
+from contacts_ingest.infrastructure.settings import sqlalchemy_url
 from tests.conftest import ADMIN_DATABASE_URL, unique
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ import pytest
 import redis
 from kombu.connection import Connection
 
-from contacts_ingest.settings import Settings
-from contacts_ingest.transport import Transport
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.infrastructure.transport import Transport
 from tests.conftest import unique
 
 pytestmark = pytest.mark.integration
@@ -164,7 +164,7 @@ def test_a_foreign_item_on_the_queue_is_dropped_and_the_rest_delivered(
 def test_a_consumer_holds_a_bounded_number_of_bytes_not_just_of_messages(
     connection: Connection, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import contacts_ingest.transport as transport
+    import contacts_ingest.infrastructure.transport as transport
 
     monkeypatch.setattr(transport, "BYTES_IN_HAND", 350_000)
     queue = unique("transport-q")

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine
 from standardwebhooks import Webhook
 
-from contacts_ingest.webhooks import (
+from contacts_ingest.access.webhooks import (
     WebhookRejected,
     WebhookVerifier,
     create_endpoint,

@@ -13,9 +13,9 @@ import falcon.testing
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from api_gateway.app import GatewayDeps, create_app
-from contacts_ingest.jobs import ContactJob, JobBoard, JobPublisher
-from contacts_ingest.settings import Settings
-from contacts_ingest.webhooks import WebhookRejected
+from contacts_ingest.access.webhooks import WebhookRejected
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.jobs.board import ContactJob, JobBoard, JobPublisher
 
 KEYS = {"cik_alice": "alice", "cik_bob": "bob"}
 WEBHOOK_ENDPOINT = "whk_alice"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from contacts_ingest.contact import (
+from contacts_ingest.model.contact import (
     ContactInvalid,
     ContactRequest,
     FieldError,

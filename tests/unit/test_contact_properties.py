@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contacts_ingest.contact import (
+from contacts_ingest.model.contact import (
     CUSTOM_FIELDS_MAX_KEYS,
     ContactInvalid,
     ContactRequest,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from contacts_ingest.cli import main
-from contacts_ingest.settings import Settings
+from contacts_ingest.commands.cli import main
+from contacts_ingest.infrastructure.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +95,7 @@ def test_dockerfile_installs_every_package_the_code_imports() -> None:
 
 
 def test_the_schema_head_the_gateway_expects_is_the_newest_migration() -> None:
-    from contacts_ingest.migrate import head_revision
-    from contacts_ingest.schema import SCHEMA_HEAD
+    from contacts_ingest.infrastructure.migrate import head_revision
+    from contacts_ingest.infrastructure.schema import SCHEMA_HEAD
 
     assert head_revision() == SCHEMA_HEAD

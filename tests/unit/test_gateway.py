@@ -10,7 +10,7 @@ import kombu.exceptions
 import pytest
 import redis
 
-from contacts_ingest.jobs import ContactJob
+from contacts_ingest.jobs.board import ContactJob
 from tests.unit.harness import ALICE, BOB, JSON, Harness, make_harness
 
 

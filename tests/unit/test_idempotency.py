@@ -8,7 +8,7 @@ from typing import Any
 import kombu.exceptions
 import pytest
 
-from contacts_ingest.jobs import ContactJob
+from contacts_ingest.jobs.board import ContactJob
 from tests.unit.harness import ALICE, BOB, JSON, Harness, make_harness
 
 BODY = {"email": "idem@example.com", "firstName": "Ida"}

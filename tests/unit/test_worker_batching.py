@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 import worker.tasks as tasks
-from contacts_ingest.ingest import Outcome
+from contacts_ingest.ingestion.service import Outcome
 from worker.batching import BatchTask
 
 

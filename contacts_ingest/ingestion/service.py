@@ -16,7 +16,16 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, RowMapping, TextClause, func, select, text, update
 
-from contacts_ingest.contact import (
+from contacts_ingest.infrastructure.schema import contact_jobs, contacts
+from contacts_ingest.jobs.board import (
+    ContactJob,
+    InvalidJobMessage,
+    JobBoard,
+    datetime_from_us,
+    iso_timestamp,
+)
+from contacts_ingest.jobs.messages import json_bytes
+from contacts_ingest.model.contact import (
     ContactInvalid,
     ContactRequest,
     FieldError,
@@ -24,15 +33,6 @@ from contacts_ingest.contact import (
     parse_batch,
     parse_contact,
 )
-from contacts_ingest.jobs import (
-    ContactJob,
-    InvalidJobMessage,
-    JobBoard,
-    datetime_from_us,
-    iso_timestamp,
-)
-from contacts_ingest.messages import json_bytes
-from contacts_ingest.schema import contact_jobs, contacts
 
 log = logging.getLogger(__name__)
 

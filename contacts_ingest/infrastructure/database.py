@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, create_engine
 
-from contacts_ingest.settings import sqlalchemy_url
+from contacts_ingest.infrastructure.settings import sqlalchemy_url
 
 
 def make_engine(

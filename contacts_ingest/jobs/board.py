@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import redis
 
-from contacts_ingest.settings import Settings
+from contacts_ingest.infrastructure.settings import Settings
 
 TASK_NAME = "contacts.ingest"
 OPERATIONS = ("create", "upsert")

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Literal
 import click
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from contacts_ingest.logs import configure_logging
-from contacts_ingest.settings import Settings
+from contacts_ingest.infrastructure.logs import configure_logging
+from contacts_ingest.infrastructure.settings import Settings
 
 if TYPE_CHECKING:
-    from contacts_ingest.importer import Summary
+    from contacts_ingest.commands.importer import Summary
     from contacts_ingest.producer import ContactProducer
 
 
@@ -50,7 +50,7 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Create the database if needed and apply every pending schema migration."""
-    from contacts_ingest.migrate import upgrade
+    from contacts_ingest.infrastructure.migrate import upgrade
 
     upgrade(_settings().database_url)
     click.echo("database is at the newest schema", err=True)
@@ -86,7 +86,7 @@ def serve(host: str, port: int, workers: int, threads: int, active: int | None) 
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
 
-    from contacts_ingest.metrics_dir import prepare_multiprocess_dir
+    from contacts_ingest.infrastructure.metrics_dir import prepare_multiprocess_dir
 
     if active is not None:
         os.environ["GATEWAY_ACTIVE_REQUESTS"] = str(active)  # read by each gateway process
@@ -126,7 +126,7 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
     """Run a Celery worker consuming contact jobs (log level: LOG_LEVEL)."""
     import logging
 
-    from contacts_ingest.metrics_dir import prepare_multiprocess_dir
+    from contacts_ingest.infrastructure.metrics_dir import prepare_multiprocess_dir
 
     settings = _settings()
     prepare_multiprocess_dir()  # before the pool processes fork
@@ -134,7 +134,7 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
     if port:
         import redis
 
-        from contacts_ingest.metrics import QueueDepth, serve_worker_metrics
+        from contacts_ingest.infrastructure.metrics import QueueDepth, serve_worker_metrics
 
         prefix = settings.redis_key_prefix
         depth = QueueDepth(
@@ -149,19 +149,26 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
             logging.getLogger(__name__).error(
                 "worker metrics not served: port %s: %s", port, exc.strerror
             )
-    from worker.app import app
+    from celery.bin.celery import celery as celery_command
+    from click.exceptions import Exit
 
-    loglevel = settings.log_level
-    app.worker_main(
-        [
-            "worker",
-            f"--concurrency={concurrency}",
-            f"--loglevel={loglevel}",
-            f"--queues={settings.celery_queue}",
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    # The Celery app is named, as granian is given the gateway's: the core imports no edge.
+    try:
+        celery_command.main(
+            args=[
+                "--app=worker.app",
+                "worker",
+                f"--concurrency={concurrency}",
+                f"--loglevel={settings.log_level}",
+                f"--queues={settings.celery_queue}",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            prog_name="celery",
+            standalone_mode=False,
+        )
+    except Exit as exc:
+        raise SystemExit(exc.exit_code) from None
 
 
 @main.group()
@@ -173,8 +180,8 @@ def keys() -> None:
 @click.option("--user", "user_id", required=True, help="The user the key acts for.")
 def keys_create(user_id: str) -> None:
     """Create a key and print it (only it) on stdout. It is not shown again."""
-    from contacts_ingest.database import make_engine
-    from contacts_ingest.keys import create_key
+    from contacts_ingest.access.keys import create_key
+    from contacts_ingest.infrastructure.database import make_engine
 
     engine = make_engine(_settings().database_url, pool_size=1)
     try:
@@ -189,8 +196,8 @@ def keys_create(user_id: str) -> None:
 @click.argument("key_or_id")
 def keys_revoke(key_or_id: str) -> None:
     """Revoke a key, named by its id (key_...) or by the key itself."""
-    from contacts_ingest.database import make_engine
-    from contacts_ingest.keys import revoke_key
+    from contacts_ingest.access.keys import revoke_key
+    from contacts_ingest.infrastructure.database import make_engine
 
     if not revoke_key(make_engine(_settings().database_url, pool_size=1), key_or_id):
         raise click.ClickException("no live key matches")
@@ -201,8 +208,8 @@ def keys_revoke(key_or_id: str) -> None:
 @click.option("--user", "user_id", default=None, help="Only this user's keys.")
 def keys_list(user_id: str | None) -> None:
     """List keys (ids, users, dates; never the keys themselves)."""
-    from contacts_ingest.database import make_engine
-    from contacts_ingest.keys import list_keys
+    from contacts_ingest.access.keys import list_keys
+    from contacts_ingest.infrastructure.database import make_engine
 
     for info in list_keys(make_engine(_settings().database_url, pool_size=1), user_id):
         revoked = info.revoked_at.isoformat() if info.revoked_at else "-"
@@ -234,7 +241,7 @@ def import_contacts(
     and customFields.<key> columns fill those objects; empty cells are left out.
     JSONL has one contact object per line.
     """
-    from contacts_ingest.importer import format_of, import_file
+    from contacts_ingest.commands.importer import format_of, import_file
     from contacts_ingest.producer import ContactProducer
 
     try:
@@ -270,7 +277,7 @@ def _import_and_wait(
 ) -> None:  # fmt: skip
     from tqdm import tqdm
 
-    from contacts_ingest.importer import count_rows, import_file
+    from contacts_ingest.commands.importer import count_rows, import_file
 
     def stalled(seconds: float) -> None:
         tqdm.write(
@@ -314,8 +321,8 @@ def webhooks() -> None:
 @click.option("--user", "user_id", required=True, help="The user its deliveries act for.")
 def webhooks_create(user_id: str) -> None:
     """Create an endpoint; print its path and signing secret (shown only here)."""
-    from contacts_ingest.database import make_engine
-    from contacts_ingest.webhooks import create_endpoint
+    from contacts_ingest.access.webhooks import create_endpoint
+    from contacts_ingest.infrastructure.database import make_engine
 
     try:
         endpoint_id, secret = create_endpoint(
@@ -340,8 +347,8 @@ def webhooks_rotate(endpoint_id: str, grace_hours: float) -> None:
     """Add a new signing secret and print it; older ones expire after the grace period."""
     from datetime import timedelta
 
-    from contacts_ingest.database import make_engine
-    from contacts_ingest.webhooks import rotate_secret
+    from contacts_ingest.access.webhooks import rotate_secret
+    from contacts_ingest.infrastructure.database import make_engine
 
     secret = rotate_secret(
         make_engine(_settings().database_url, pool_size=1),
@@ -358,8 +365,8 @@ def webhooks_rotate(endpoint_id: str, grace_hours: float) -> None:
 @click.argument("endpoint_id")
 def webhooks_revoke(endpoint_id: str) -> None:
     """Revoke an endpoint: its deliveries get 401 from then on."""
-    from contacts_ingest.database import make_engine
-    from contacts_ingest.webhooks import revoke_endpoint
+    from contacts_ingest.access.webhooks import revoke_endpoint
+    from contacts_ingest.infrastructure.database import make_engine
 
     if not revoke_endpoint(make_engine(_settings().database_url, pool_size=1), endpoint_id):
         raise click.ClickException("no live endpoint matches")
@@ -370,8 +377,8 @@ def webhooks_revoke(endpoint_id: str) -> None:
 @click.option("--user", "user_id", default=None, help="Only this user's endpoints.")
 def webhooks_list(user_id: str | None) -> None:
     """List endpoints (ids, users, dates, live secrets; never the secrets)."""
-    from contacts_ingest.database import make_engine
-    from contacts_ingest.webhooks import list_endpoints
+    from contacts_ingest.access.webhooks import list_endpoints
+    from contacts_ingest.infrastructure.database import make_engine
 
     for info in list_endpoints(make_engine(_settings().database_url, pool_size=1), user_id):
         revoked = info.revoked_at.isoformat() if info.revoked_at else "-"
@@ -395,6 +402,6 @@ def dev(data_dir: str, port: int) -> None:
 
     Starts embedded PostgreSQL and Redis servers unless DATABASE_URL / REDIS_URL are set.
     """
-    from contacts_ingest.devserver import run_dev
+    from contacts_ingest.commands.dev import run_dev
 
     run_dev(data_dir, port)

@@ -9,8 +9,13 @@ from typing import Any
 import redis
 from sqlalchemy import Engine, RowMapping, select
 
-from contacts_ingest.jobs import MAX_JOB_ID_CHARS, JobBoard, datetime_from_us, iso_timestamp
-from contacts_ingest.schema import contact_jobs
+from contacts_ingest.infrastructure.schema import contact_jobs
+from contacts_ingest.jobs.board import (
+    MAX_JOB_ID_CHARS,
+    JobBoard,
+    datetime_from_us,
+    iso_timestamp,
+)
 
 FinalJobReader = Callable[[str], RowMapping | None]
 _JOB_ID_SHAPE = re.compile(rf"^[A-Za-z0-9_-]{{1,{MAX_JOB_ID_CHARS}}}$")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from contacts_ingest.contact import BATCH_MAX_CONTACTS
+from contacts_ingest.model.contact import BATCH_MAX_CONTACTS
 from contacts_ingest.producer import ContactProducer
 
 Format = Literal["csv", "jsonl"]

@@ -23,7 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from contacts_ingest.metrics_dir import MULTIPROC_ENV
+from contacts_ingest.infrastructure.metrics_dir import MULTIPROC_ENV
 
 # Gateway.
 REQUESTS = Counter(

@@ -17,8 +17,8 @@ from uuid import UUID
 
 import orjson
 
-from contacts_ingest.jobs import TASK_NAME, ContactJob
-from contacts_ingest.settings import Settings
+from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.jobs.board import TASK_NAME, ContactJob
 
 ACCEPTED_AT_PLACEHOLDER = "__ACCEPTED_AT_US__"
 

@@ -10,8 +10,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
-from contacts_ingest.schema import SCHEMA_HEAD, require_current_schema
-from contacts_ingest.settings import sqlalchemy_url
+from contacts_ingest.infrastructure.schema import SCHEMA_HEAD, require_current_schema
+from contacts_ingest.infrastructure.settings import sqlalchemy_url
 
 __all__ = ["SCHEMA_HEAD", "head_revision", "require_current_schema", "upgrade"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from contacts_ingest.schema import metadata
-from contacts_ingest.settings import Settings, sqlalchemy_url
+from contacts_ingest.infrastructure.schema import metadata
+from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or sqlalchemy_url(Settings().database_url)

@@ -1,6 +1,6 @@
 """Where the processes of ``serve`` and ``worker`` keep their metric samples.
 
-Kept apart from ``contacts_ingest.metrics``: prometheus_client picks its multiprocess
+Kept apart from ``contacts_ingest.infrastructure.metrics``: prometheus_client picks its multiprocess
 mode when it is first imported, so this folder must be set up before that import, in
 the process that then starts (or forks) the others.
 """

@@ -1,0 +1,1 @@
+"""Who may write: API keys and signed webhook endpoints."""

@@ -1,0 +1,1 @@
+"""The ``contacts-ingest`` command line: serve, worker, dev, migrate, keys, webhooks, import."""

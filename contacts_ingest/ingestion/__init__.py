@@ -1,0 +1,1 @@
+"""Applying jobs to PostgreSQL exactly once, with their final status rows."""
