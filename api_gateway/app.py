@@ -21,7 +21,6 @@ from api_gateway.resources import (
     DeliveryVerifier,
     HealthResource,
     JobResource,
-    MessageBuilder,
     MetricsResource,
     OpenApiResource,
     ReadyResource,
@@ -29,7 +28,7 @@ from api_gateway.resources import (
 )
 from api_gateway.waiting import CompletionListener
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import JobBoard, JobPublisher
+from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.jobs.messages import json_bytes
 from contacts_ingest.jobs.status import FinalJobReader
 
@@ -51,10 +50,6 @@ class GatewayDeps:
     user_for_delivery: DeliveryVerifier
     # Wakes requests that asked to wait (Prefer: wait=N); None answers them 202 at once.
     completions: CompletionListener | None = None
-    # Builds a job's Celery message so admission queues it in the same Redis step
-    # (production); without it, ``publish`` sends each job after admission instead.
-    messages: MessageBuilder | None = None
-    publish: JobPublisher | None = None
 
 
 def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
@@ -104,16 +99,9 @@ def create_app(
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(_serialize_error)
     app.add_error_handler(redis.RedisError, _unavailable)
-    if deps.publish is not None:
-        import kombu.exceptions  # only with a Celery publisher (~8 MiB otherwise spared)
-
-        # What Celery raises when its broker connection fails while publishing.
-        app.add_error_handler(kombu.exceptions.OperationalError, _unavailable)
     app.add_error_handler(SQLAlchemyError, _unavailable)
 
-    intake = ContactIntake(
-        settings, deps.board, deps.publish, deps.final_job, deps.completions, deps.messages
-    )
+    intake = ContactIntake(settings, deps.board, deps.final_job, deps.completions)
     app.add_route("/io/contacts/contacts", ContactsResource(intake))
     app.add_route("/io/contacts/contacts/batch", ContactsResource(intake, batch=True))
     app.add_route(

@@ -338,10 +338,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "400": _error("A rule is broken; `errors` lists every failing field."),
                         "401": unauthorized,
                         "409": _error(
-                            "The request holding this Idempotency-Key is still being accepted"
-                            " (type /problems/idempotency-key-in-use, with Retry-After); retry"
-                            " shortly. Or, with Prefer: wait, the job's outcome: a contact"
-                            " with this email already exists (no type)."
+                            "Prefer: wait, and the job's outcome: a contact with this email"
+                            " already exists (a plain create)."
                         ),
                         "422": _error(
                             "This Idempotency-Key was used for a different request"
@@ -432,7 +430,7 @@ def _batch_operation(document: dict[str, Any], settings: Settings) -> dict[str, 
     """The contacts POST for up to 1,000 contacts at once, as one job."""
     operation: dict[str, Any] = copy.deepcopy(document["paths"]["/io/contacts/contacts"]["post"])
     responses = operation["responses"]
-    del responses["201"]
+    del responses["201"], responses["409"]  # a batch reports duplicates per item
     responses["200"] = {
         **responses["200"],
         "description": "Prefer: wait, and the batch is done: counts and per-item results.",
@@ -486,8 +484,6 @@ def _webhook_operation(document: dict[str, Any]) -> dict[str, Any]:
         ],
     )
     operation["responses"]["401"] = _error("Unknown endpoint, or no valid, fresh signature.")
-    for code in ("409", "422"):
-        operation["responses"][code]["description"] = operation["responses"][code][
-            "description"
-        ].replace("Idempotency-Key", "webhook-id")
+    reused = operation["responses"]["422"]
+    reused["description"] = reused["description"].replace("Idempotency-Key", "webhook-id")
     return operation

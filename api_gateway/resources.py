@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import falcon
@@ -20,19 +20,10 @@ from api_gateway.waiting import CompletionListener, preferred_wait
 from contacts_ingest.access.webhooks import WebhookRejected
 from contacts_ingest.infrastructure.metrics import ENQUEUE_FAILURES, RATE_LIMITED, scrape
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import (
-    ContactJob,
-    Idempotency,
-    JobBoard,
-    JobPublisher,
-    Operation,
-    new_job_id,
-)
+from contacts_ingest.jobs.board import Idempotency, JobBoard
+from contacts_ingest.jobs.job import ContactJob, Operation, new_job_id
 from contacts_ingest.jobs.status import FinalJobReader, job_status
 from contacts_ingest.model.contact import ContactInvalid, FieldError, parse_batch, parse_contact
-
-# A job -> (queue key, Celery message) for admission to push in the same step.
-MessageBuilder = Callable[[ContactJob], tuple[str, bytes]]
 
 # (endpoint id, raw body, webhook-* headers) -> the endpoint's user, or WebhookRejected.
 DeliveryVerifier = Callable[[str, bytes, dict[str, str]], str]
@@ -79,17 +70,15 @@ class IdempotencyKey:
     namespace: str = "client"
 
 
-PROBLEM_KEY_IN_USE = "/problems/idempotency-key-in-use"
 PROBLEM_KEY_REUSED = "/problems/idempotency-key-reused"
 
 
 class IdempotencyProblem(falcon.HTTPError):
-    """A 409 or 422 about the request's Idempotency-Key, with its problem ``type``."""
+    """A 422 about the request's Idempotency-Key, with its problem ``type``."""
 
-    def __init__(self, status: str, problem_type: str, message: str) -> None:
-        headers = {"Retry-After": "1"} if status == falcon.HTTP_409 else None
-        super().__init__(status, description=message, headers=headers)
-        self.problem_type = problem_type
+    def __init__(self, message: str) -> None:
+        super().__init__(falcon.HTTP_422, description=message)
+        self.problem_type = PROBLEM_KEY_REUSED
 
 
 class InvalidRequest(falcon.HTTPBadRequest):
@@ -162,16 +151,10 @@ class ContactIntake:
         self,
         settings: Settings,
         board: JobBoard,
-        publish: JobPublisher | None,
         final_job: FinalJobReader,
         completions: CompletionListener | None,
-        messages: MessageBuilder | None = None,
     ) -> None:
-        if publish is None and messages is None:
-            raise ValueError("a gateway needs a message builder or a publisher")
         self._board = board
-        self._publish = publish
-        self._messages = messages
         self._final_job = final_job
         self._completions = completions
         self._quotas = {
@@ -226,19 +209,21 @@ class ContactIntake:
             request_id=req.context.request_id,
             batch=batch,
         )
-        # With a message builder, admission queues the job's message in the same step.
-        enqueue = self._messages(job) if self._messages and refusal is None else None
         # Every authenticated POST counts, valid or not, except the repeat of a request
-        # already accepted under the same Idempotency-Key; only a valid one is recorded.
-        admission = self._board.admit(
-            user_id=user_id,
-            member=job_id,
-            job=None if refusal else (job_id, operation),
-            limit=(quota.limit, quota.window),
-            idempotency=idempotency,
-            quota=quota.name,
-            enqueue=enqueue,
-        )
+        # already accepted under the same Idempotency-Key; only a valid one is queued,
+        # in the same step.
+        try:
+            admission = self._board.admit(
+                user_id=user_id,
+                member=job_id,
+                job=None if refusal else job,
+                limit=(quota.limit, quota.window),
+                idempotency=idempotency,
+                quota=quota.name,
+            )
+        except redis.RedisError:
+            ENQUEUE_FAILURES.inc()
+            raise
         resp.set_header("RateLimit-Policy", f'"{quota.name}";q={quota.limit};w={quota.window}')
         resp.set_header(
             "RateLimit",
@@ -248,50 +233,22 @@ class ContactIntake:
             resp.set_header("Idempotent-Replayed", "true")
             self._answer(req, resp, *admission.original)
             return
-        if admission.idempotency == "in_progress":
-            raise IdempotencyProblem(
-                falcon.HTTP_409,
-                PROBLEM_KEY_IN_USE,
-                f"A request with this {key.header if key else ''} is still being accepted;"
-                " retry shortly",
-            )
-        if admission.idempotency == "reused":
-            raise IdempotencyProblem(
-                falcon.HTTP_422,
-                PROBLEM_KEY_REUSED,
-                f"This {key.header if key else ''} was already used for a different request",
-            )
         if not admission.allowed:
             RATE_LIMITED.labels(quota.name).inc()
             raise falcon.HTTPTooManyRequests(
                 description=quota.message, retry_after=admission.reset_seconds
             )
+        if admission.idempotency == "reused":
+            raise IdempotencyProblem(
+                f"This {key.header if key else ''} was already used for a different request"
+            )
         if refusal is not None:
             raise refusal
-
-        if enqueue is None:
-            self._publish_after_admission(
-                replace(job, accepted_at_us=admission.accepted_at_us), idempotency
-            )
         log.info(
             "job accepted",
             extra={"job_id": job_id, "request_id": job.request_id, "operation": operation},
         )
         self._answer(req, resp, job_id, operation)
-
-    def _publish_after_admission(self, job: ContactJob, idempotency: Idempotency | None) -> None:
-        """The second round trip, for publishers that are not part of admission."""
-        assert self._publish is not None
-        try:
-            self._publish(job)
-        except Exception:
-            ENQUEUE_FAILURES.inc()
-            self._board.forget(job.job_id)
-            if idempotency is not None:
-                self._board.release(job.user_id, idempotency, job.job_id)
-            raise
-        if idempotency is not None:
-            self._board.settle(job.user_id, idempotency, job.job_id)
 
     def _answer(
         self, req: falcon.Request, resp: falcon.Response, job_id: str, operation: str

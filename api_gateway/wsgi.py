@@ -20,7 +20,6 @@ from contacts_ingest.infrastructure.logs import configure_logging
 from contacts_ingest.infrastructure.schema import require_current_schema
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import JobBoard
-from contacts_ingest.jobs.messages import CeleryMessages
 from contacts_ingest.jobs.status import read_final_job
 
 if TYPE_CHECKING:
@@ -43,7 +42,6 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
     deps = GatewayDeps(
         user_for_key=KeyResolver(engine, ttl=settings.key_cache_ttl_seconds).user_for,
         board=board,
-        messages=CeleryMessages(settings),
         final_job=lambda job_id: read_final_job(engine, job_id),
         readiness={"redis": client.ping, "postgres": postgres_ready},
         user_for_delivery=WebhookVerifier(engine, ttl=settings.key_cache_ttl_seconds).user_for,

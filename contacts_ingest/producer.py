@@ -1,6 +1,4 @@
-"""Enqueueing jobs: the Celery publisher, and the Python call for internal producers.
-
-Internal producers enqueue without HTTP and without the rate limit::
+"""The Python call for internal producers: enqueue without HTTP and without the rate limit::
 
     from contacts_ingest.producer import ContactProducer
 
@@ -8,7 +6,9 @@ Internal producers enqueue without HTTP and without the rate limit::
     job_id = producer.enqueue("user-42", {"email": "bob@example.com"}, upsert=True)
     producer.status(job_id, "user-42")  # {"job_id": ..., "status": "queued", ...}
 
-The worker validates the body; a job that breaks a rule ends ``failed`` with code 400.
+Jobs are admitted through the same atomic Redis step as the gateway's, so a job is
+queued and recorded at once. The worker validates the body; a job that breaks a rule
+ends ``failed`` with code 400.
 """
 
 from __future__ import annotations
@@ -17,43 +17,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from celery import Celery
 
 from contacts_ingest.infrastructure.database import make_engine
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import TASK_NAME, ContactJob, JobBoard, Operation, new_job_id
+from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.job import ContactJob, new_job_id
 from contacts_ingest.jobs.status import job_status, read_final_job
-
-
-def producer_celery(settings: Settings) -> Celery:
-    """A Celery app for publishing only, configured like the workers' (celeryconfig)."""
-    import celeryconfig
-
-    celery = Celery("contacts-ingest")
-    celery.config_from_object(celeryconfig)
-    celery.conf.update(celeryconfig.from_settings(settings))
-    return celery
-
-
-class CeleryPublisher:
-    """Publishes jobs as Celery tasks whose task id is the job id."""
-
-    def __init__(self, celery: Celery, queue: str) -> None:
-        self._celery = celery
-        self._queue = queue
-
-    def __call__(self, job: ContactJob) -> None:
-        self._celery.send_task(
-            TASK_NAME,
-            kwargs={"job": job.to_message()},
-            task_id=job.job_id,
-            queue=self._queue,
-            headers={"request_id": job.request_id},
-            # Celery logs a task's arguments; a contact's personal data must not reach logs.
-            argsrepr="()",
-            kwargsrepr=f"{{job_id: {job.job_id}}}",
-            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
-        )
 
 
 class ContactProducer:
@@ -63,9 +32,6 @@ class ContactProducer:
         self._settings = settings or Settings()
         self._board = JobBoard.for_settings(
             redis.Redis.from_url(self._settings.redis_url), self._settings
-        )
-        self._publish = CeleryPublisher(
-            producer_celery(self._settings), self._settings.celery_queue
         )
         self._engine = make_engine(self._settings.database_url, read_only=True, pool_size=1)
 
@@ -105,20 +71,17 @@ class ContactProducer:
         request_id: str | None,
         batch: bool = False,
     ) -> str:
-        job_id = new_job_id()
-        operation: Operation = "upsert" if upsert else "create"
-        admission = self._board.admit(
-            user_id=user_id, member=job_id, job=(job_id, operation), limit=None
-        )
         job = ContactJob(
-            job_id, user_id, operation, body, admission.accepted_at_us, request_id, batch=batch
+            job_id=new_job_id(),
+            user_id=user_id,
+            operation="upsert" if upsert else "create",
+            body=body,
+            accepted_at_us=0,  # Redis's clock decides, at admission
+            request_id=request_id,
+            batch=batch,
         )
-        try:
-            self._publish(job)
-        except Exception:
-            self._board.forget(job_id)
-            raise
-        return job_id
+        self._board.admit(user_id=user_id, member=job.job_id, job=job, limit=None)
+        return job.job_id
 
     def status(self, job_id: str, user_id: str) -> dict[str, Any] | None:
         """The job's status document, exactly as GET /io/contacts/jobs/<id> returns it."""

@@ -18,7 +18,8 @@ from contacts_ingest.infrastructure.metrics import BATCH_JOBS, JOB_SECONDS, JOBS
 from contacts_ingest.infrastructure.metrics_dir import MULTIPROC_ENV
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.ingestion.service import ContactIngestor, Outcome
-from contacts_ingest.jobs.board import TASK_NAME, JobBoard
+from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.job import TASK_NAME
 from worker.app import app
 from worker.batching import BatchTask
 

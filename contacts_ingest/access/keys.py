@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from contacts_ingest.infrastructure.schema import api_keys
-from contacts_ingest.jobs.board import MAX_USER_ID_CHARS
+from contacts_ingest.jobs.job import MAX_USER_ID_CHARS
 
 KEY_PREFIX = "cik_"
 

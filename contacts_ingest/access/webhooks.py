@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from contacts_ingest.infrastructure.schema import webhook_endpoints, webhook_secrets
-from contacts_ingest.jobs.board import MAX_USER_ID_CHARS
+from contacts_ingest.jobs.job import MAX_USER_ID_CHARS
 
 ENDPOINT_PREFIX = "whk_"
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)

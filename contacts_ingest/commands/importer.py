@@ -125,8 +125,8 @@ def import_file(
 
     ``on_sent`` gets each batch's job id as it is enqueued. Without ``wait``, nothing
     is awaited: the summary then counts only what was sent and what never could be.
-    ``on_stall`` is called once if the oldest batch stays queued for ``STALL_SECONDS``
-    (no worker is taking jobs).
+    ``on_stall`` is called once, with ``STALL_SECONDS``, if the oldest batch stays
+    queued that long (no worker is taking jobs).
     """
     summary = Summary()
     in_flight: deque[_Sent] = deque()
@@ -143,7 +143,7 @@ def import_file(
             waited = time.monotonic() - since
             if not stalled and waited >= STALL_SECONDS and status and status["status"] == "queued":
                 stalled = True
-                on_stall(waited)
+                on_stall(STALL_SECONDS)
             time.sleep(poll_seconds)
         _count(summary, sent, status)
         on_progress(summary)

@@ -27,6 +27,7 @@ import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from time import monotonic, time
 from typing import Any
 
@@ -41,49 +42,8 @@ from kombu.utils.json import loads
 logger = logging.getLogger(__name__)
 
 
-# Takes the messages BLMOVE left in a consumer's inbox and up to ARGV[2] more from its
-# queue (stopping once they add up to ARGV[3] bytes), and records each as
-# unacknowledged (kombu's unacked hash and index, scored with the consumer's clock,
-# ARGV[1]) in the same step. Returns them, oldest first.
-# A message that is not a kombu message (no delivery tag) is returned unrecorded, and
-# nothing is recorded for a consumer that acknowledges nothing (ARGV[4] '0': a
-# control client reading its replies), whose messages would otherwise stay there.
-# KEYS: queue, inbox, unacked hash, unacked index.
-# ARGV: now (seconds), most messages, most bytes, record ('1' or '0').
-_TAKE_SCRIPT = """
-local taken = {}
-local record = ARGV[4] == '1'
-local function take(raw)
-  local ok, message = false, nil
-  if record then ok, message = pcall(cjson.decode, raw) end
-  local properties = ok and type(message) == 'table' and message.properties
-  if type(properties) == 'table' and type(properties.delivery_tag) == 'string' then
-    local info = type(properties.delivery_info) == 'table' and properties.delivery_info or {}
-    local exchange = type(info.exchange) == 'string' and info.exchange or ''
-    local routing_key = type(info.routing_key) == 'string' and info.routing_key or ''
-    local tag = properties.delivery_tag
-    redis.call('ZADD', KEYS[4], ARGV[1], tag)
-    redis.call('HSET', KEYS[3], tag, '[' .. raw .. ',' .. cjson.encode(exchange) .. ','
-                                     .. cjson.encode(routing_key) .. ']')
-  end
-  taken[#taken + 1] = raw
-end
-local bytes = 0
-local raw = redis.call('RPOP', KEYS[2])
-while raw do
-  take(raw)
-  bytes = bytes + #raw
-  raw = redis.call('RPOP', KEYS[2])
-end
-for _ = 1, tonumber(ARGV[2]) do
-  if bytes >= tonumber(ARGV[3]) then break end
-  raw = redis.call('RPOP', KEYS[1])
-  if not raw then break end
-  take(raw)
-  bytes = bytes + #raw
-end
-return taken
-"""
+# Taking many messages at once, recorded as unacknowledged in the same step.
+_TAKE_SCRIPT = (Path(__file__).parent / "take.lua").read_text()
 
 # The most messages one take moves at once (the prefetch limit may lower it).
 TAKE_AT_MOST = 500

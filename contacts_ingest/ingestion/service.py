@@ -17,13 +17,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RowMapping, TextClause, func, select, text, update
 
 from contacts_ingest.infrastructure.schema import contact_jobs, contacts
-from contacts_ingest.jobs.board import (
-    ContactJob,
-    InvalidJobMessage,
-    JobBoard,
-    datetime_from_us,
-    iso_timestamp,
-)
+from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.job import ContactJob, InvalidJobMessage, datetime_from_us, iso_timestamp
 from contacts_ingest.jobs.messages import json_bytes
 from contacts_ingest.model.contact import (
     ContactInvalid,

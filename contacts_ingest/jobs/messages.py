@@ -1,8 +1,8 @@
 """Celery task messages for contact jobs, built without Celery.
 
-The gateway queues a job's message inside its one admission step in Redis, so it
-builds the message itself and never imports Celery (which also keeps its processes
-small).
+Admission queues a job's message inside its one atomic Redis step, so every producer
+builds the message itself and none imports Celery (which also keeps the gateway's
+processes small).
 """
 
 from __future__ import annotations
@@ -18,20 +18,21 @@ from uuid import UUID
 import orjson
 
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import TASK_NAME, ContactJob
+from contacts_ingest.jobs.job import TASK_NAME, ContactJob
 
-ACCEPTED_AT_PLACEHOLDER = "__ACCEPTED_AT_US__"
+# Where the acceptance time goes; split out before the message leaves this module.
+_ACCEPTED_AT = b"__ACCEPTED_AT_US__"
 
 
 class CeleryMessages:
     """Celery task messages (protocol 2, JSON) for contact jobs, built by hand.
 
-    The gateway pushes them onto the queue inside its one admission step in Redis
-    (``JobBoard.admit(enqueue=...)``): one round trip per request instead of two,
-    and a job is never recorded as queued without its message. The message is what
-    ``CeleryPublisher`` sends through kombu (an integration test compares the two),
-    except that the body is not base64-encoded and the job's acceptance time is left
-    as a placeholder that the admission script fills in from Redis's clock.
+    ``JobBoard.admit`` pushes them onto the queue inside its one admission step in
+    Redis: one round trip per request, and a job is never recorded as queued without
+    its message. The message is what Celery's ``send_task`` would send through kombu
+    (an integration test compares the two), except that the body is not
+    base64-encoded and the job's acceptance time is left out: the message comes in
+    two parts, and the admission script puts Redis's clock between them.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -39,14 +40,13 @@ class CeleryMessages:
         self.queue_key = f"{settings.redis_key_prefix}{settings.celery_queue}"
         self._origin = f"{os.getpid()}@{socket.gethostname()}"
 
-    def __call__(self, job: ContactJob) -> tuple[str, bytes]:
-        """(queue key, message) for ``job``; its ``accepted_at_us`` is ignored."""
+    def __call__(self, job: ContactJob) -> tuple[str, bytes, bytes]:
+        """(queue key, message before the acceptance time, message after it) for
+        ``job``; its ``accepted_at_us`` is ignored."""
         rest = {k: v for k, v in job.to_message().items() if k != "accepted_at_us"}
-        # The placeholder comes before anything a client wrote, so the script's first
-        # match is always it.
-        job_json = (
-            b'{"accepted_at_us":' + ACCEPTED_AT_PLACEHOLDER.encode() + b"," + json_bytes(rest)[1:]
-        )
+        # The acceptance time comes before anything a client wrote, so the first
+        # occurrence of its marker is always the marker itself.
+        job_json = b'{"accepted_at_us":' + _ACCEPTED_AT + b"," + json_bytes(rest)[1:]
         body = (
             b'[[],{"job":'
             + job_json
@@ -73,7 +73,8 @@ class CeleryMessages:
                 "priority": 0, "delivery_tag": str(uuid.uuid4()),
             },
         }  # fmt: skip
-        return self.queue_key, json_bytes(message)
+        head, tail = json_bytes(message).split(_ACCEPTED_AT, 1)
+        return self.queue_key, head, tail
 
 
 def json_bytes(value: Any) -> bytes:

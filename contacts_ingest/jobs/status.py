@@ -10,12 +10,8 @@ import redis
 from sqlalchemy import Engine, RowMapping, select
 
 from contacts_ingest.infrastructure.schema import contact_jobs
-from contacts_ingest.jobs.board import (
-    MAX_JOB_ID_CHARS,
-    JobBoard,
-    datetime_from_us,
-    iso_timestamp,
-)
+from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.job import MAX_JOB_ID_CHARS, datetime_from_us, iso_timestamp
 
 FinalJobReader = Callable[[str], RowMapping | None]
 _JOB_ID_SHAPE = re.compile(rf"^[A-Za-z0-9_-]{{1,{MAX_JOB_ID_CHARS}}}$")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -145,10 +146,21 @@ def test_import_with_no_worker_running_says_so(service: Service, tmp_path: Path)
         [CLI, "import", str(path), "--user", unique("user")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    seen: list[str] = []
+    assert importing.stderr is not None
+    stderr = importing.stderr
+    reader = threading.Thread(target=lambda: seen.extend(iter(stderr.readline, "")))
+    reader.start()
     try:
-        time.sleep(13)
+        deadline = time.monotonic() + 60
+        while not any("no worker has taken a job" in line for line in seen):
+            assert importing.poll() is None, "".join(seen)
+            assert time.monotonic() < deadline, "".join(seen)
+            time.sleep(0.2)
     finally:
         importing.kill()
-        _, stderr = importing.communicate(timeout=10)
-    assert "no worker has taken a job for 10 s" in stderr
-    assert "--no-wait" in stderr
+        importing.wait(timeout=10)
+        reader.join(timeout=10)
+    [hint] = [line for line in seen if "no worker has taken a job" in line]
+    assert "no worker has taken a job for 10 s" in hint
+    assert "--no-wait" in hint

@@ -7,27 +7,38 @@ import json
 import threading
 import time
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import Admission, ContactJob, Idempotency, JobBoard, new_job_id
-from contacts_ingest.jobs.messages import CeleryMessages
-from contacts_ingest.producer import CeleryPublisher, producer_celery
+from contacts_ingest.jobs.board import Admission, Idempotency, JobBoard
+from contacts_ingest.jobs.job import TASK_NAME, ContactJob, Operation, new_job_id
 from tests.conftest import unique
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def board(redis_client: redis.Redis, settings: Settings) -> JobBoard:
-    return JobBoard.for_settings(redis_client, settings)
+def queue_settings(settings: Settings) -> Settings:
+    """This run's settings with a queue of the test's own, which no worker consumes."""
+    return settings.model_copy(update={"celery_queue": unique("admission-q")})
+
+
+@pytest.fixture
+def board(redis_client: redis.Redis, queue_settings: Settings) -> JobBoard:
+    return JobBoard.for_settings(redis_client, queue_settings)
+
+
+def a_job(user: str, operation: Operation = "create") -> ContactJob:
+    return ContactJob(new_job_id(), user, operation, {"email": "a@example.com"}, 0)
 
 
 def admit(board: JobBoard, user: str, limit: tuple[int, int] = (200, 60)) -> Admission:
-    job_id = new_job_id()
-    return board.admit(user_id=user, member=job_id, job=(job_id, "create"), limit=limit)
+    job = a_job(user)
+    return board.admit(user_id=user, member=job.job_id, job=job, limit=limit)
 
 
 def test_200_writes_pass_and_the_201st_is_refused_with_retry_after(board: JobBoard) -> None:
@@ -44,10 +55,10 @@ def test_200_writes_pass_and_the_201st_is_refused_with_retry_after(board: JobBoa
 def test_a_refused_write_records_no_job(board: JobBoard) -> None:
     user = unique("user")
     admit(board, user, (1, 60))
-    job_id = new_job_id()
-    refused = board.admit(user_id=user, member=job_id, job=(job_id, "create"), limit=(1, 60))
+    job = a_job(user)
+    refused = board.admit(user_id=user, member=job.job_id, job=job, limit=(1, 60))
     assert not refused.allowed
-    assert board.pending(job_id) is None
+    assert board.pending(job.job_id) is None
 
 
 def test_the_window_rolls(board: JobBoard) -> None:
@@ -61,10 +72,10 @@ def test_the_window_rolls(board: JobBoard) -> None:
     assert not admit(board, user, (2, 1)).allowed
 
 
-def test_racing_threads_never_get_more_than_the_limit(settings: Settings) -> None:
+def test_racing_threads_never_get_more_than_the_limit(queue_settings: Settings) -> None:
     user = unique("user")
-    pool = redis.ConnectionPool.from_url(settings.redis_url, max_connections=60)
-    board = JobBoard.for_settings(redis.Redis(connection_pool=pool), settings)
+    pool = redis.ConnectionPool.from_url(queue_settings.redis_url, max_connections=60)
+    board = JobBoard.for_settings(redis.Redis(connection_pool=pool), queue_settings)
     for _ in range(190):
         admit(board, user)
     allowed: list[bool] = []
@@ -85,10 +96,10 @@ def test_racing_threads_never_get_more_than_the_limit(settings: Settings) -> Non
 def test_producers_are_admitted_without_counting(board: JobBoard) -> None:
     user = unique("user")
     admit(board, user, (1, 60))
-    job_id = new_job_id()
-    admission = board.admit(user_id=user, member=job_id, job=(job_id, "upsert"), limit=None)
+    job = a_job(user, "upsert")
+    admission = board.admit(user_id=user, member=job.job_id, job=job, limit=None)
     assert admission.allowed
-    pending = board.pending(job_id)
+    pending = board.pending(job.job_id)
     assert pending is not None
     assert (pending["status"], pending["operation"], pending["user_id"]) == (
         "queued",
@@ -103,36 +114,40 @@ def test_admission_time_is_redis_time(board: JobBoard, redis_client: redis.Redis
     assert 0 <= admission.accepted_at_us - (seconds * 1_000_000 + micros) < 5_000_000
 
 
-def test_racing_requests_with_one_idempotency_key_admit_exactly_one(board: JobBoard) -> None:
+def queued(redis_client: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
+    """The job messages on the settings' queue, oldest first."""
+    key = f"{settings.redis_key_prefix}{settings.celery_queue}"
+    return [json.loads(raw) for raw in reversed(redis_client.lrange(key, 0, -1))]
+
+
+def test_racing_requests_with_one_idempotency_key_admit_exactly_one(
+    board: JobBoard, redis_client: redis.Redis, queue_settings: Settings
+) -> None:
     user = unique("user")
     key = Idempotency(key_hash=unique("k"), fingerprint="f")
     verdicts: list[str] = []
-    job_ids: list[str] = []
+    originals: set[Any] = set()
     barrier = threading.Barrier(20)
 
     def racer() -> None:
-        job_id = new_job_id()
+        job = a_job(user)
         barrier.wait()
         admission = board.admit(
-            user_id=user, member=job_id, job=(job_id, "create"), limit=(200, 60), idempotency=key
+            user_id=user, member=job.job_id, job=job, limit=(200, 60), idempotency=key
         )
         verdicts.append(admission.idempotency)
-        if admission.allowed:
-            job_ids.append(job_id)
+        originals.add(admission.original or (job.job_id, job.operation))
 
     threads = [threading.Thread(target=racer) for _ in range(20)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(verdicts) == ["in_progress"] * 19 + ["new"]
-    [admitted] = job_ids
-    board.settle(user, key, admitted)
-    replay = board.admit(
-        user_id=user, member=new_job_id(), job=(new_job_id(), "create"), limit=(200, 60),
-        idempotency=key,
-    )  # fmt: skip
-    assert (replay.idempotency, replay.original) == ("replay", (admitted, "create"))
+    # Admission records the key and queues the job at once: every repeat is a replay.
+    assert sorted(verdicts) == ["new"] + ["replay"] * 19
+    [(admitted, _)] = originals
+    [message] = queued(redis_client, queue_settings)
+    assert message["headers"]["id"] == admitted
     # Only the admitted request counted against the quota.
     assert admit(board, user).remaining == 198
 
@@ -142,32 +157,35 @@ def test_an_idempotency_key_lives_24_hours_once_accepted(
 ) -> None:
     user = unique("user")
     key = Idempotency(key_hash=unique("k"), fingerprint="f")
-    job_id = new_job_id()
-    board.admit(user_id=user, member=job_id, job=(job_id, "create"), limit=None, idempotency=key)
+    job = a_job(user)
+    board.admit(user_id=user, member=job.job_id, job=job, limit=None, idempotency=key)
     record = board.idempotency_key(user, key.key_hash)
-    assert 0 < redis_client.ttl(record) <= 60  # reserved briefly while being accepted
-    board.settle(user, key, job_id)
     assert 23 * 3600 < redis_client.ttl(record) <= 24 * 3600
 
 
 def test_a_hand_built_message_matches_what_celery_publishes(
-    board: JobBoard, redis_client: redis.Redis, settings: Settings
+    board: JobBoard, redis_client: redis.Redis, queue_settings: Settings
 ) -> None:
-    queue = unique("contacts-messages")
-    local = settings.model_copy(update={"celery_queue": queue})
+    import celeryconfig
+
     user = unique("user")
     job = ContactJob("job_" + "1" * 32, user, "upsert", {"email": "m@example.com", "n": 2**70},
                      0, "req_1")  # fmt: skip
-    admission = board.admit(
-        user_id=user, member=job.job_id, job=(job.job_id, "upsert"), limit=None,
-        enqueue=CeleryMessages(local)(job),
-    )  # fmt: skip
-    CeleryPublisher(producer_celery(local), queue)(
-        replace(job, accepted_at_us=admission.accepted_at_us)
+    admission = board.admit(user_id=user, member=job.job_id, job=job, limit=None)
+    # What Celery itself sends for the same task call, configured as the workers are.
+    celery = Celery("contacts-ingest")
+    celery.config_from_object(celeryconfig)
+    celery.conf.update(celeryconfig.from_settings(queue_settings))
+    celery.send_task(
+        TASK_NAME,
+        kwargs={"job": replace(job, accepted_at_us=admission.accepted_at_us).to_message()},
+        task_id=job.job_id,
+        queue=queue_settings.celery_queue,
+        headers={"request_id": job.request_id},
+        argsrepr="()",
+        kwargsrepr=f"{{job_id: {job.job_id}}}",
     )
-    published, built = (
-        json.loads(raw) for raw in redis_client.lrange(f"{settings.redis_key_prefix}{queue}", 0, -1)
-    )
+    built, published = queued(redis_client, queue_settings)
     decoded = json.loads(base64.b64decode(published["body"]))
     assert json.loads(built["body"]) == decoded  # the same task call, acceptance time included
     assert decoded[1]["job"]["accepted_at_us"] == admission.accepted_at_us

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -13,7 +14,8 @@ from sqlalchemy import Engine, func, select
 from contacts_ingest.infrastructure.schema import contact_jobs, contacts
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.ingestion.service import ContactIngestor, Outcome
-from contacts_ingest.jobs.board import ContactJob, JobBoard, Operation, new_job_id
+from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.job import ContactJob, Operation, new_job_id
 from contacts_ingest.jobs.status import job_status, read_final_job
 from tests.conftest import CONTACT_FIELDS, unique
 
@@ -22,7 +24,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def board(redis_client: redis.Redis, settings: Settings) -> JobBoard:
-    return JobBoard.for_settings(redis_client, settings)
+    # A queue no worker consumes: these tests apply the jobs themselves.
+    return JobBoard.for_settings(
+        redis_client, settings.model_copy(update={"celery_queue": unique("ingest-q")})
+    )
 
 
 @pytest.fixture
@@ -39,12 +44,10 @@ def admitted(
     board: JobBoard, user: str, body: Any, *, upsert: bool = False, batch: bool = False
 ) -> dict[str, Any]:
     """A job message as a producer would publish it, with its queued record in Redis."""
-    job_id = new_job_id()
     operation: Operation = "upsert" if upsert else "create"
-    admission = board.admit(user_id=user, member=job_id, job=(job_id, operation), limit=None)
-    return ContactJob(
-        job_id, user, operation, body, admission.accepted_at_us, batch=batch
-    ).to_message()
+    job = ContactJob(new_job_id(), user, operation, body, 0, batch=batch)
+    admission = board.admit(user_id=user, member=job.job_id, job=job, limit=None)
+    return replace(job, accepted_at_us=admission.accepted_at_us).to_message()
 
 
 def upserts_in_acceptance_order(

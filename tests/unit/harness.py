@@ -1,8 +1,10 @@
-"""An in-process gateway with fakes for its collaborators (fakeredis, dicts, a list)."""
+"""An in-process gateway with fakes for its collaborators: fakeredis (running the real
+admission scripts), dicts for keys and final rows."""
 
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,7 +17,9 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from api_gateway.app import GatewayDeps, create_app
 from contacts_ingest.access.webhooks import WebhookRejected
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import ContactJob, JobBoard, JobPublisher
+from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.job import ContactJob
+from contacts_ingest.jobs.messages import CeleryMessages
 
 KEYS = {"cik_alice": "alice", "cik_bob": "bob"}
 WEBHOOK_ENDPOINT = "whk_alice"
@@ -52,12 +56,28 @@ BOB = {"Authorization": "Bearer cik_bob"}
 JSON = {"Content-Type": "application/json"}
 
 
+def queued_jobs(client: fakeredis.FakeRedis, queue_key: str) -> list[ContactJob]:
+    """The jobs whose Celery messages are on the queue, oldest first, decoded as the
+    worker decodes them."""
+    jobs = []
+    for raw in reversed(client.lrange(queue_key, 0, -1)):
+        _, kwargs, _ = json.loads(json.loads(raw)["body"])
+        jobs.append(ContactJob.from_message(kwargs["job"]))
+    return jobs
+
+
 @dataclass
 class Harness:
     client: falcon.testing.TestClient
-    published: list[ContactJob]
+    redis: fakeredis.FakeRedis
+    queue_key: str
     final_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     redis_server: fakeredis.FakeServer | None = None
+
+    @property
+    def published(self) -> list[ContactJob]:
+        """Every job queued so far, oldest first."""
+        return queued_jobs(self.redis, self.queue_key)
 
     def post(self, body: Any = None, *, headers: dict[str, str] | None = None, **kw: Any) -> Any:
         return self.client.simulate_post(
@@ -69,22 +89,32 @@ class Harness:
 
 
 class InstantWorker:
-    """Stands in for the worker and the completion subscription: a published job is
-    final at once with the given outcome, and a waiting request is woken at once."""
+    """Stands in for the worker and the completion subscription: a queued job is final
+    as soon as anyone looks, with the given outcome, and a waiting request is woken at
+    once."""
 
     def __init__(
         self,
         final_rows: dict[str, dict[str, Any]],
+        queue: tuple[fakeredis.FakeRedis, str],
         code: int,
         data: Any,
         batch_items: list[dict[str, Any]] | None = None,
     ) -> None:
         self._final_rows = final_rows
+        self._queue = queue
         self._code = code
         self._data = data
         self._batch_items = batch_items
 
-    def publish(self, job: ContactJob) -> None:
+    def final_job(self, job_id: str) -> dict[str, Any] | None:
+        client, key = self._queue
+        for job in queued_jobs(client, key):
+            if job.job_id not in self._final_rows:
+                self._finish(job)
+        return self._final_rows.get(job_id)
+
+    def _finish(self, job: ContactJob) -> None:
         ok = self._code < 400
         if job.batch:
             items = self._batch_items or []
@@ -116,34 +146,39 @@ def make_harness(
     *,
     limit: int = 200,
     ready: bool = True,
-    publish: JobPublisher | None = None,
     outcome: tuple[int, Any] | None = None,
     batch_items: list[dict[str, Any]] | None = None,
     batch_limit: int = 10,
 ) -> Harness:
     """An in-process gateway; with ``outcome`` (code, contact or message) every job is
     final at once with it, as if a worker had been instant (for ``Prefer: wait``)."""
+    settings = Settings(
+        rate_limit_writes=limit,
+        rate_limit_window_seconds=60,
+        batch_rate_limit_requests=batch_limit,
+        redis_key_prefix="t:",
+    )
     server = fakeredis.FakeServer()
-    board = JobBoard(fakeredis.FakeRedis(server=server), key_prefix="t:", record_ttl_seconds=3600)
-    published: list[ContactJob] = []
+    client = fakeredis.FakeRedis(server=server)
+    messages = CeleryMessages(settings)
+    board = JobBoard(client, messages, key_prefix="t:", record_ttl_seconds=3600)
     final_rows: dict[str, dict[str, Any]] = {}
 
     def down() -> None:
         raise ConnectionError("down")
 
-    worker = InstantWorker(final_rows, *outcome, batch_items) if outcome else None
-
+    worker = (
+        InstantWorker(final_rows, (client, messages.queue_key), *outcome, batch_items)
+        if outcome
+        else None
+    )
     deps = GatewayDeps(
         user_for_key=KEYS.get,
         board=board,
-        publish=publish or (worker.publish if worker else published.append),
-        final_job=lambda job_id: final_rows.get(job_id),  # type: ignore[arg-type, return-value]
+        final_job=worker.final_job if worker else final_rows.get,  # type: ignore[arg-type]
         readiness={"redis": lambda: None, "postgres": (lambda: None) if ready else down},
         user_for_delivery=alices_webhook,
         completions=worker,  # type: ignore[arg-type]
     )
-    settings = Settings(
-        rate_limit_writes=limit, rate_limit_window_seconds=60, batch_rate_limit_requests=batch_limit
-    )
     app = create_app(settings, deps)
-    return Harness(falcon.testing.TestClient(app), published, final_rows, server)
+    return Harness(falcon.testing.TestClient(app), client, messages.queue_key, final_rows, server)
