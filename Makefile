@@ -54,10 +54,11 @@ unit: install ## Run the unit tests only (no servers needed)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: install ## Check formatting, lint and types
+lint: install ## Check formatting, lint, types and import directions
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 .PHONY: format
 format: install ## Format the code and apply safe lint fixes
