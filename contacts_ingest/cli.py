@@ -15,6 +15,7 @@ from contacts_ingest.settings import Settings
 
 if TYPE_CHECKING:
     from contacts_ingest.importer import Summary
+    from contacts_ingest.jobs import Operation
     from contacts_ingest.producer import ContactProducer
 
 
@@ -312,19 +313,26 @@ def webhooks() -> None:
 
 @webhooks.command("create")
 @click.option("--user", "user_id", required=True, help="The user its deliveries act for.")
-def webhooks_create(user_id: str) -> None:
+@click.option(
+    "--upsert",
+    is_flag=True,
+    help="Every delivery upserts (default: creates, 409 if the contact exists). Fixed for"
+    " the endpoint's life; nothing in the URL changes it.",
+)
+def webhooks_create(user_id: str, upsert: bool) -> None:
     """Create an endpoint; print its path and signing secret (shown only here)."""
     from contacts_ingest.database import make_engine
     from contacts_ingest.webhooks import create_endpoint
 
+    operation: Operation = "upsert" if upsert else "create"
     try:
         endpoint_id, secret = create_endpoint(
-            make_engine(_settings().database_url, pool_size=1), user_id
+            make_engine(_settings().database_url, pool_size=1), user_id, operation
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--user") from exc
     click.echo(f"/io/contacts/webhooks/{endpoint_id}\t{secret}")
-    click.echo(f"created {endpoint_id} for user {user_id}", err=True)
+    click.echo(f"created {endpoint_id} for user {user_id}: its deliveries {operation}", err=True)
 
 
 @webhooks.command("rotate")
@@ -369,14 +377,15 @@ def webhooks_revoke(endpoint_id: str) -> None:
 @webhooks.command("list")
 @click.option("--user", "user_id", default=None, help="Only this user's endpoints.")
 def webhooks_list(user_id: str | None) -> None:
-    """List endpoints (ids, users, dates, live secrets; never the secrets)."""
+    """List endpoints (ids, users, operations, dates, live secrets; never the secrets)."""
     from contacts_ingest.database import make_engine
     from contacts_ingest.webhooks import list_endpoints
 
     for info in list_endpoints(make_engine(_settings().database_url, pool_size=1), user_id):
         revoked = info.revoked_at.isoformat() if info.revoked_at else "-"
         click.echo(
-            f"{info.endpoint_id}\t{info.user_id}\t{info.created_at.isoformat()}\t{revoked}"
+            f"{info.endpoint_id}\t{info.user_id}\t{info.operation}"
+            f"\t{info.created_at.isoformat()}\t{revoked}"
             f"\t{info.live_secrets} live secret(s)"
         )
 
