@@ -144,11 +144,12 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
             f"{prefix}unacked",
             settings.celery_queue,
         )
+        host = settings.worker_metrics_host
         try:
-            serve_worker_metrics(port, depth)
+            serve_worker_metrics(host, port, depth)
         except OSError as exc:
             logging.getLogger(__name__).error(
-                "worker metrics not served: port %s: %s", port, exc.strerror
+                "worker metrics not served: %s port %s: %s", host, port, exc.strerror
             )
     from worker.app import app
 
