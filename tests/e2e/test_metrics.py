@@ -119,3 +119,27 @@ def test_worker_metrics_listen_on_loopback_unless_configured_otherwise(
         assert wait_listening(worker.popen.pid, port) == {"0.0.0.0"}  # noqa: S104
     finally:
         worker.stop()
+
+
+def test_serve_clears_stale_samples_from_the_metrics_folder_and_nothing_else(
+    settings: Settings, log_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "multiproc"
+    (folder / "reports").mkdir(parents=True)
+    foreign = {
+        folder / "README.txt": "not a metrics file",
+        folder / "reports" / "2026.csv": "a,b",
+        folder / "reports" / "counter_1.db": "a subfolder is never ours",
+    }
+    for path, text in foreign.items():
+        path.write_text(text)
+    stale = folder / "counter_999999.db"  # a sample file of a process long gone
+    stale.write_bytes(b"")
+    env = service_env(settings, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    gateway, base = start_gateway(env, log_dir)
+    try:
+        assert requests.get(f"{base}/metrics", timeout=5).status_code == 200
+        assert not stale.exists()
+        assert {path: path.read_text() for path in foreign} == foreign
+    finally:
+        gateway.stop()
