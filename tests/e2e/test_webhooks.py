@@ -114,34 +114,47 @@ def test_a_captured_signed_create_replayed_with_upsert_in_the_url_changes_nothin
     assert stored(engine, user, email) == before
 
 
+def waiting_delivery(service: Service, path: str, secret: str, body: bytes) -> requests.Response:
+    """A signed delivery asking to wait for its outcome (which it must not get)."""
+    answer = requests.post(
+        f"{service.base}{path}",
+        data=body,
+        headers={**signed(secret, body, unique("msg")), "Prefer": "wait=5"},
+        timeout=15,
+    )
+    assert answer.status_code == 202, answer.text
+    assert "Preference-Applied" not in answer.headers
+    assert set(answer.json()) == {"data"}
+    assert set(answer.json()["data"]) == {"job_id", "status", "operation"}
+    return answer
+
+
 def test_a_delivery_asking_to_wait_gets_the_job_never_the_stored_contact(
     service: Service,
 ) -> None:
     user, auth = service.new_user()
+    path, secret = cli(service, "webhooks", "create", "--user", user).split("\t")
+    created = waiting_delivery(service, path, secret, b'{"email": "new@example.com"}')
+    assert created.json()["data"]["operation"] == "create"
+    assert "cnt_" not in created.text
+    assert service.wait_final(auth, created.json()["data"]["job_id"])["result"]["code"] == 201
+
     email = "private@example.com"
     known = {"email": email, "phone": "+1 555 0100", "customFields": {"plan": "gold"}}
     assert service.wait_final(auth, service.post(auth, known).json()["data"]["job_id"])
     path, secret = cli(service, "webhooks", "create", "--user", user, "--upsert").split("\t")
     endpoint_id = path.rsplit("/", 1)[1]
-    [listed] = cli(service, "webhooks", "list", "--user", user).splitlines()
-    assert listed.split("\t")[:3] == [endpoint_id, user, "upsert"]
+    listed = cli(service, "webhooks", "list", "--user", user).splitlines()
+    assert [line.split("\t")[2] for line in listed] == ["create", "upsert"]
+    assert listed[1].split("\t")[:2] == [endpoint_id, user]
 
     body = b'{"email": "private@example.com", "source": "signup-form"}'
-    answer = requests.post(
-        f"{service.base}{path}",
-        data=body,
-        headers={**signed(secret, body, "msg_wait"), "Prefer": "wait=5"},
-        timeout=15,
-    )
-    assert answer.status_code == 202
-    assert "Preference-Applied" not in answer.headers
-    data = answer.json()["data"]
-    assert set(data) == {"job_id", "status", "operation"}
-    assert data["operation"] == "upsert"
+    answer = waiting_delivery(service, path, secret, body)
+    assert answer.json()["data"]["operation"] == "upsert"
     assert "555" not in answer.text
     assert "gold" not in answer.text
     # The user, with a key, sees the upsert's outcome.
-    final = service.wait_final(auth, data["job_id"])
+    final = service.wait_final(auth, answer.json()["data"]["job_id"])
     assert final["result"]["code"] == 200
     assert final["result"]["data"]["source"] == "signup-form"
     assert final["result"]["data"]["phone"] == "+1 555 0100"
