@@ -46,8 +46,8 @@ class GatewayDeps:
     final_job: FinalJobReader
     # Name -> a check that raises if that dependency is unreachable.
     readiness: Mapping[str, Callable[[], Any]]
-    # Webhook delivery -> the endpoint's user, or raises WebhookRejected.
-    user_for_delivery: DeliveryVerifier
+    # Webhook delivery -> its endpoint (user and operation), or raises WebhookRejected.
+    endpoint_for_delivery: DeliveryVerifier
     # Wakes requests that asked to wait (Prefer: wait=N); None answers them 202 at once.
     completions: CompletionListener | None = None
 
@@ -105,7 +105,7 @@ def create_app(
     app.add_route("/io/contacts/contacts", ContactsResource(intake))
     app.add_route("/io/contacts/contacts/batch", ContactsResource(intake, batch=True))
     app.add_route(
-        "/io/contacts/webhooks/{endpoint_id}", WebhookResource(intake, deps.user_for_delivery)
+        "/io/contacts/webhooks/{endpoint_id}", WebhookResource(intake, deps.endpoint_for_delivery)
     )
     app.add_route("/io/contacts/jobs/{job_id}", JobResource(deps.board, deps.final_job))
     app.add_route("/healthz", HealthResource())

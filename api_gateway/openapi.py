@@ -451,9 +451,9 @@ def _batch_operation(document: dict[str, Any], settings: Settings) -> dict[str, 
 
 
 def _webhook_operation(document: dict[str, Any]) -> dict[str, Any]:
-    """The contacts POST as a webhook source sends it: signed instead of keyed."""
+    """The contacts POST as a webhook source sends it: signed instead of keyed, its
+    operation fixed by the endpoint, answered with the job only."""
     operation: dict[str, Any] = copy.deepcopy(document["paths"]["/io/contacts/contacts"]["post"])
-    upsert = next(p for p in operation["parameters"] if p["name"] == "upsert")
 
     def header(name: str, description: str) -> dict[str, Any]:
         return {
@@ -472,18 +472,30 @@ def _webhook_operation(document: dict[str, Any]) -> dict[str, Any]:
             " `webhook-id.webhook-timestamp.body` with the endpoint's `whsec_` secret,"
             " 5-minute tolerance, several space-separated `v1,<base64>` signatures allowed)"
             " authenticates the delivery for the endpoint's user. `webhook-id` is the"
-            " idempotency key: a retried delivery returns the original job."
+            " idempotency key: a retried delivery returns the original job. Create or"
+            " upsert is the endpoint's, fixed when it was created (the signature does not"
+            " cover the URL, so `?upsert` is refused). The answer is the job, never stored"
+            " contact data: `Prefer: wait` does not apply here."
         ),
         security=[],
         parameters=[
             {"name": "endpoint_id", "in": "path", "required": True, "schema": {"type": "string"}},
-            upsert,
             header("webhook-id", "The delivery's id, unique per message; 1-255 printable ASCII."),
             header("webhook-timestamp", "Unix seconds when the delivery was signed."),
             header("webhook-signature", "`v1,<base64 signature>`, space-separated if several."),
         ],
     )
-    operation["responses"]["401"] = _error("Unknown endpoint, or no valid, fresh signature.")
-    reused = operation["responses"]["422"]
-    reused["description"] = reused["description"].replace("Idempotency-Key", "webhook-id")
+    responses = operation["responses"]
+    # A source never waits for the outcome (it must not read the user's contacts), and a
+    # webhook-id is settled in the same step as the job: no 200, 201 or 409 here.
+    for code in ("200", "201", "409"):
+        del responses[code]
+    responses["400"] = _error(
+        "A rule is broken (`errors` lists every failing field), or the URL carries"
+        " `?upsert` (the endpoint fixes the operation)."
+    )
+    responses["401"] = _error("Unknown endpoint, or no valid, fresh signature.")
+    responses["422"]["description"] = responses["422"]["description"].replace(
+        "Idempotency-Key", "webhook-id"
+    )
     return operation

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api_gateway.buffering import STEP_OUT
 from api_gateway.waiting import CompletionListener, preferred_wait
-from contacts_ingest.access.webhooks import WebhookRejected
+from contacts_ingest.access.webhooks import WebhookEndpoint, WebhookRejected
 from contacts_ingest.infrastructure.metrics import ENQUEUE_FAILURES, RATE_LIMITED, scrape
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import Idempotency, JobBoard
@@ -25,8 +25,8 @@ from contacts_ingest.jobs.job import ContactJob, Operation, new_job_id
 from contacts_ingest.jobs.status import FinalJobReader, job_status
 from contacts_ingest.model.contact import ContactInvalid, FieldError, parse_batch, parse_contact
 
-# (endpoint id, raw body, webhook-* headers) -> the endpoint's user, or WebhookRejected.
-DeliveryVerifier = Callable[[str, bytes, dict[str, str]], str]
+# (endpoint id, raw body, webhook-* headers) -> the endpoint, or WebhookRejected.
+DeliveryVerifier = Callable[[str, bytes, dict[str, str]], WebhookEndpoint]
 
 log = logging.getLogger(__name__)
 
@@ -174,25 +174,28 @@ class ContactIntake:
         resp: falcon.Response,
         *,
         user_id: str,
+        operation: Callable[[], Operation],
         read_body: Callable[[], bytes],
         key: IdempotencyKey | None,
         batch: bool = False,
+        may_wait: bool = True,
     ) -> None:
         """Answer 202 with a new (or, for a repeated key, the original) job, or the 4xx.
 
         A batch (``{"contacts": [...]}``) has its own quota; its items are validated one
-        by one by the worker, so one bad contact does not refuse the others.
+        by one by the worker, so one bad contact does not refuse the others. Unless
+        ``may_wait`` is false, ``Prefer: wait`` answers with the job's outcome instead.
         """
         quota = self._quotas[batch]
         job_id = new_job_id()
-        operation: Operation = "create"
+        requested: Operation = "create"
         body: object = None
         idempotency: Idempotency | None = None
         refusal: falcon.HTTPError | None = None
         try:
-            operation = self._operation(req)
+            requested = operation()
             raw = read_body()
-            idempotency = _idempotency(key, operation, raw)
+            idempotency = _idempotency(key, requested, raw)
             body = _decode(raw)
             parse_batch(body) if batch else parse_contact(body)
         except falcon.HTTPError as exc:
@@ -203,7 +206,7 @@ class ContactIntake:
         job = ContactJob(
             job_id=job_id,
             user_id=user_id,
-            operation=operation,
+            operation=requested,
             body=body,
             accepted_at_us=0,  # Redis's clock decides, at admission
             request_id=req.context.request_id,
@@ -231,7 +234,7 @@ class ContactIntake:
         )
         if admission.idempotency == "replay" and admission.original is not None:
             resp.set_header("Idempotent-Replayed", "true")
-            self._answer(req, resp, *admission.original)
+            self._answer(req, resp, *admission.original, may_wait=may_wait)
             return
         if not admission.allowed:
             RATE_LIMITED.labels(quota.name).inc()
@@ -246,17 +249,23 @@ class ContactIntake:
             raise refusal
         log.info(
             "job accepted",
-            extra={"job_id": job_id, "request_id": job.request_id, "operation": operation},
+            extra={"job_id": job_id, "request_id": job.request_id, "operation": requested},
         )
-        self._answer(req, resp, job_id, operation)
+        self._answer(req, resp, job_id, requested, may_wait=may_wait)
 
     def _answer(
-        self, req: falcon.Request, resp: falcon.Response, job_id: str, operation: str
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        job_id: str,
+        operation: str,
+        *,
+        may_wait: bool,
     ) -> None:
-        """202 with the job; or, asked to wait (``Prefer: wait=N``), the job's own outcome
-        if it is final within N seconds, as the synchronous API would answer."""
+        """202 with the job; or, asked to wait (``Prefer: wait=N``) where ``may_wait``, the
+        job's own outcome if it is final within N seconds, as the synchronous API would."""
         resp.location = f"/io/contacts/jobs/{job_id}"
-        wait = preferred_wait(req.get_header("Prefer"))
+        wait = preferred_wait(req.get_header("Prefer")) if may_wait else None
         final = self._await_final(req, job_id, wait) if wait and self._completions else None
         if final is None:
             resp.status = falcon.HTTP_202
@@ -297,16 +306,17 @@ class ContactIntake:
         finally:
             self._completions.unregister(job_id)
 
-    @staticmethod
-    def _operation(req: falcon.Request) -> Operation:
-        flag = req.get_param("upsert")
-        if flag is None:
-            return "create"
-        operation = _UPSERT_FLAGS.get(flag.strip().lower())
-        if operation is None:
-            message = "upsert must be 1 or 0"
-            raise InvalidRequest(message, [FieldError("upsert", message)])
-        return operation
+
+def _requested_operation(req: falcon.Request) -> Operation:
+    """A keyed write's operation: ``?upsert=1`` (or true) upserts, otherwise create."""
+    flag = req.get_param("upsert")
+    if flag is None:
+        return "create"
+    operation = _UPSERT_FLAGS.get(flag.strip().lower())
+    if operation is None:
+        message = "upsert must be 1 or 0"
+        raise InvalidRequest(message, [FieldError("upsert", message)])
+    return operation
 
 
 class ContactsResource:
@@ -324,10 +334,22 @@ class ContactsResource:
             req,
             resp,
             user_id=req.context.user_id,
+            operation=lambda: _requested_operation(req),
             read_body=lambda: _read_body(req, self._max_body),
             key=IdempotencyKey(header) if header is not None else None,
             batch=self._batch,
         )
+
+
+UPSERT_IN_WEBHOOK_URL = "upsert is fixed by the webhook endpoint; remove ?upsert from the URL"
+
+
+def _no_upsert_in_url(
+    req: falcon.Request, resp: falcon.Response, resource: object, params: dict[str, Any]
+) -> None:
+    """The signature does not cover the URL, so no part of it may choose the operation."""
+    if "upsert" in req.params:
+        raise InvalidRequest(UPSERT_IN_WEBHOOK_URL, [FieldError("upsert", UPSERT_IN_WEBHOOK_URL)])
 
 
 class WebhookResource:
@@ -335,14 +357,18 @@ class WebhookResource:
 
     Public (no bearer key): the Standard Webhooks signature authenticates it, and its
     webhook-id is the idempotency key, so a source's retries never make a second job.
+    The endpoint fixes the operation; the answer is the 202 and the job, never stored
+    contact data (``Prefer: wait`` does not apply: a source must not read the user's
+    contacts).
     """
 
     public = True
 
-    def __init__(self, intake: ContactIntake, user_for_delivery: DeliveryVerifier) -> None:
+    def __init__(self, intake: ContactIntake, endpoint_for_delivery: DeliveryVerifier) -> None:
         self._intake = intake
-        self._user_for_delivery = user_for_delivery
+        self._endpoint_for_delivery = endpoint_for_delivery
 
+    @falcon.before(_no_upsert_in_url)
     def on_post(self, req: falcon.Request, resp: falcon.Response, endpoint_id: str) -> None:
         raw = _read_body(req)
         headers = {
@@ -350,18 +376,20 @@ class WebhookResource:
             for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
         }
         try:
-            user_id = self._user_for_delivery(endpoint_id, raw, headers)
+            endpoint = self._endpoint_for_delivery(endpoint_id, raw, headers)
         except WebhookRejected:
             raise falcon.HTTPUnauthorized(
                 description="A valid webhook signature is required"
             ) from None
-        req.context.user_id = user_id
+        req.context.user_id = endpoint.user_id
         self._intake.accept(
             req,
             resp,
-            user_id=user_id,
+            user_id=endpoint.user_id,
+            operation=lambda: endpoint.operation,
             read_body=lambda: raw,
             key=IdempotencyKey(headers["webhook-id"], header="webhook-id", namespace="webhook"),
+            may_wait=False,
         )
 
 

@@ -44,7 +44,9 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
         board=board,
         final_job=lambda job_id: read_final_job(engine, job_id),
         readiness={"redis": client.ping, "postgres": postgres_ready},
-        user_for_delivery=WebhookVerifier(engine, ttl=settings.key_cache_ttl_seconds).user_for,
+        endpoint_for_delivery=WebhookVerifier(
+            engine, ttl=settings.key_cache_ttl_seconds
+        ).endpoint_for,
         # Its own connection, without a read timeout: it mostly waits for messages.
         completions=CompletionListener(
             redis.Redis.from_url(

@@ -5,6 +5,9 @@ A source that cannot send a bearer key signs each delivery instead (``webhook-id
 with a ``whsec_`` secret). Verification is the ``standardwebhooks`` package's,
 tolerance 5 minutes. Rotating a secret keeps the old one verifying for a grace
 period, so a source can switch over (or sign with both) without losing deliveries.
+
+What a delivery does (create or upsert) is the endpoint's, fixed when it is created: the
+signature covers the body, not the URL, so nothing in the URL may choose it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from contacts_ingest.infrastructure.schema import webhook_endpoints, webhook_secrets
-from contacts_ingest.jobs.job import MAX_USER_ID_CHARS
+from contacts_ingest.jobs.job import MAX_USER_ID_CHARS, OPERATIONS, Operation
 
 ENDPOINT_PREFIX = "whk_"
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
@@ -34,9 +37,18 @@ class WebhookRejected(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    """What a verified delivery acts as: the endpoint's user and its fixed operation."""
+
+    user_id: str
+    operation: Operation
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointInfo:
     endpoint_id: str
     user_id: str
+    operation: Operation
     created_at: datetime
     revoked_at: datetime | None
     live_secrets: int
@@ -56,13 +68,22 @@ def _add_secret(conn: Connection, endpoint_id: str) -> str:
     return secret
 
 
-def create_endpoint(engine: Engine, user_id: str) -> tuple[str, str]:
-    """Create an endpoint for ``user_id``; return (endpoint_id, secret)."""
+def create_endpoint(
+    engine: Engine, user_id: str, operation: Operation = "create"
+) -> tuple[str, str]:
+    """Create an endpoint for ``user_id`` whose every delivery is ``operation``; return
+    (endpoint_id, secret)."""
     if not user_id or len(user_id) > MAX_USER_ID_CHARS:
         raise ValueError(f"user id must be 1 to {MAX_USER_ID_CHARS} characters")
+    if operation not in OPERATIONS:
+        raise ValueError(f"operation must be one of {', '.join(OPERATIONS)}")
     endpoint_id = ENDPOINT_PREFIX + secrets.token_hex(12)
     with engine.begin() as conn:
-        conn.execute(insert(webhook_endpoints).values(endpoint_id=endpoint_id, user_id=user_id))
+        conn.execute(
+            insert(webhook_endpoints).values(
+                endpoint_id=endpoint_id, user_id=user_id, operation=operation
+            )
+        )
         secret = _add_secret(conn, endpoint_id)
     return endpoint_id, secret
 
@@ -121,6 +142,7 @@ def list_endpoints(engine: Engine, user_id: str | None = None) -> list[EndpointI
     query = select(
         webhook_endpoints.c.endpoint_id,
         webhook_endpoints.c.user_id,
+        webhook_endpoints.c.operation,
         webhook_endpoints.c.created_at,
         webhook_endpoints.c.revoked_at,
         live_secrets.label("live_secrets"),
@@ -131,8 +153,12 @@ def list_endpoints(engine: Engine, user_id: str | None = None) -> list[EndpointI
         return [EndpointInfo(**row) for row in conn.execute(query).mappings()]
 
 
+# A live endpoint and a verifier per live secret, newest first.
+_Known = tuple[WebhookEndpoint, list[Webhook]]
+
+
 class WebhookVerifier:
-    """Verifies a delivery against its endpoint's live secrets; returns the endpoint's user.
+    """Verifies a delivery against its endpoint's live secrets; returns the endpoint.
 
     Endpoints and secrets are cached for ``ttl`` seconds (rotation and revocation take
     effect within it) and, like API keys, keep their last known state while
@@ -141,27 +167,30 @@ class WebhookVerifier:
 
     def __init__(self, engine: Engine, *, ttl: float, max_entries: int = 10_000) -> None:
         self._engine = engine
-        self._cache: TTLCache[str, tuple[str, list[Webhook]] | None] | None = (
+        self._cache: TTLCache[str, _Known | None] | None = (
             TTLCache(maxsize=max_entries, ttl=ttl) if ttl > 0 else None
         )
-        self._last_known: LRUCache[str, tuple[str, list[Webhook]] | None] = LRUCache(max_entries)
+        self._last_known: LRUCache[str, _Known | None] = LRUCache(max_entries)
         self._lock = threading.Lock()
 
-    def user_for(self, endpoint_id: str, body: bytes, headers: dict[str, str]) -> str:
-        """The endpoint's user if ``body`` and ``headers`` carry a valid, fresh signature."""
-        endpoint = self._endpoint(endpoint_id)
-        if endpoint is None:
+    def endpoint_for(
+        self, endpoint_id: str, body: bytes, headers: dict[str, str]
+    ) -> WebhookEndpoint:
+        """The endpoint (its user, its operation) if ``body`` and ``headers`` carry a
+        valid, fresh signature."""
+        known = self._endpoint(endpoint_id)
+        if known is None:
             raise WebhookRejected("unknown endpoint")
-        user_id, verifiers = endpoint
+        endpoint, verifiers = known
         for verifier in verifiers:
             try:
                 verifier.verify(body, headers, json_parse=False)
-                return user_id
+                return endpoint
             except (WebhookVerificationError, ValueError, binascii.Error, UnicodeDecodeError):
                 continue
         raise WebhookRejected("no valid signature")
 
-    def _endpoint(self, endpoint_id: str) -> tuple[str, list[Webhook]] | None:
+    def _endpoint(self, endpoint_id: str) -> _Known | None:
         if not endpoint_id.startswith(ENDPOINT_PREFIX) or len(endpoint_id) > 40:
             return None
         with self._lock:
@@ -180,10 +209,14 @@ class WebhookVerifier:
             self._last_known[endpoint_id] = found
         return found
 
-    def _lookup(self, endpoint_id: str) -> tuple[str, list[Webhook]] | None:
+    def _lookup(self, endpoint_id: str) -> _Known | None:
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(webhook_endpoints.c.user_id, webhook_secrets.c.secret)
+                select(
+                    webhook_endpoints.c.user_id,
+                    webhook_endpoints.c.operation,
+                    webhook_secrets.c.secret,
+                )
                 .join(webhook_secrets)
                 .where(
                     webhook_endpoints.c.endpoint_id == endpoint_id,
@@ -197,4 +230,6 @@ class WebhookVerifier:
             ).all()
         if not rows:
             return None
-        return str(rows[0].user_id), [Webhook(row.secret) for row in rows]
+        operation: Operation = "upsert" if rows[0].operation == "upsert" else "create"
+        endpoint = WebhookEndpoint(str(rows[0].user_id), operation)
+        return endpoint, [Webhook(row.secret) for row in rows]

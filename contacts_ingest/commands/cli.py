@@ -15,6 +15,7 @@ from contacts_ingest.infrastructure.settings import Settings
 
 if TYPE_CHECKING:
     from contacts_ingest.commands.importer import Summary
+    from contacts_ingest.jobs.job import Operation
     from contacts_ingest.producer import ContactProducer
 
 
@@ -143,11 +144,12 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
             f"{prefix}unacked",
             settings.celery_queue,
         )
+        host = settings.worker_metrics_host
         try:
-            serve_worker_metrics(port, depth)
+            serve_worker_metrics(host, port, depth)
         except OSError as exc:
             logging.getLogger(__name__).error(
-                "worker metrics not served: port %s: %s", port, exc.strerror
+                "worker metrics not served: %s port %s: %s", host, port, exc.strerror
             )
     from celery.bin.celery import celery as celery_command
     from click.exceptions import Exit
@@ -319,19 +321,26 @@ def webhooks() -> None:
 
 @webhooks.command("create")
 @click.option("--user", "user_id", required=True, help="The user its deliveries act for.")
-def webhooks_create(user_id: str) -> None:
+@click.option(
+    "--upsert",
+    is_flag=True,
+    help="Every delivery upserts (default: creates, 409 if the contact exists). Fixed for"
+    " the endpoint's life; nothing in the URL changes it.",
+)
+def webhooks_create(user_id: str, upsert: bool) -> None:
     """Create an endpoint; print its path and signing secret (shown only here)."""
     from contacts_ingest.access.webhooks import create_endpoint
     from contacts_ingest.infrastructure.database import make_engine
 
+    operation: Operation = "upsert" if upsert else "create"
     try:
         endpoint_id, secret = create_endpoint(
-            make_engine(_settings().database_url, pool_size=1), user_id
+            make_engine(_settings().database_url, pool_size=1), user_id, operation
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--user") from exc
     click.echo(f"/io/contacts/webhooks/{endpoint_id}\t{secret}")
-    click.echo(f"created {endpoint_id} for user {user_id}", err=True)
+    click.echo(f"created {endpoint_id} for user {user_id}: its deliveries {operation}", err=True)
 
 
 @webhooks.command("rotate")
@@ -376,14 +385,15 @@ def webhooks_revoke(endpoint_id: str) -> None:
 @webhooks.command("list")
 @click.option("--user", "user_id", default=None, help="Only this user's endpoints.")
 def webhooks_list(user_id: str | None) -> None:
-    """List endpoints (ids, users, dates, live secrets; never the secrets)."""
+    """List endpoints (ids, users, operations, dates, live secrets; never the secrets)."""
     from contacts_ingest.access.webhooks import list_endpoints
     from contacts_ingest.infrastructure.database import make_engine
 
     for info in list_endpoints(make_engine(_settings().database_url, pool_size=1), user_id):
         revoked = info.revoked_at.isoformat() if info.revoked_at else "-"
         click.echo(
-            f"{info.endpoint_id}\t{info.user_id}\t{info.created_at.isoformat()}\t{revoked}"
+            f"{info.endpoint_id}\t{info.user_id}\t{info.operation}"
+            f"\t{info.created_at.isoformat()}\t{revoked}"
             f"\t{info.live_secrets} live secret(s)"
         )
 

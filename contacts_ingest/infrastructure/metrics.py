@@ -98,9 +98,9 @@ class QueueDepth:
         yield unacked
 
 
-def serve_worker_metrics(port: int, queue_depth: QueueDepth) -> None:
-    """An HTTP endpoint (GET /metrics) for a worker and its pool processes."""
+def serve_worker_metrics(host: str, port: int, queue_depth: QueueDepth) -> None:
+    """An HTTP endpoint (GET /metrics) for a worker and its pool processes, on ``host``."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(queue_depth)
-    start_http_server(port, registry=registry)
+    start_http_server(port, addr=host, registry=registry)

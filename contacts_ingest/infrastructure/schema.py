@@ -89,8 +89,11 @@ webhook_endpoints = Table(
     metadata,
     Column("endpoint_id", String(40), primary_key=True),
     Column("user_id", String(200), nullable=False),
+    # What every delivery to the endpoint does, chosen when it is created; never the URL's.
+    Column("operation", String(10), nullable=False, server_default="create"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("revoked_at", DateTime(timezone=True)),
+    CheckConstraint("operation IN ('create', 'upsert')", name="webhook_endpoints_operation_valid"),
 )
 
 webhook_secrets = Table(
@@ -114,7 +117,7 @@ webhook_secrets = Table(
 
 # The newest migration this code expects (a test keeps it equal to Alembic's head). The
 # gateway checks it for readiness without importing Alembic (about 12 MiB per process).
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 
 
 def require_current_schema(conn: Connection, head: str = SCHEMA_HEAD) -> None:

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     worker_send_events: bool = False
     # Port of a worker's GET /metrics (Prometheus); 0 turns it off.
     worker_metrics_port: int = Field(default=9808, ge=0, le=65535)
+    # Address it listens on: loopback unless a scraper elsewhere needs it (0.0.0.0 in compose).
+    worker_metrics_host: str = Field(default="127.0.0.1", min_length=1)
     # Requests a gateway process works on at once, once their bodies are read.
     gateway_active_requests: int = Field(default=os.cpu_count() or 1, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import requests
 from contacts_ingest.infrastructure.settings import Settings
 from tests.conftest import free_port, unique
 from tests.e2e.conftest import create_key, service_env, start_gateway, start_worker, wait_final
+from tests.e2e.sockets import non_loopback_ipv4, wait_listening
 
 pytestmark = pytest.mark.e2e
 
@@ -90,3 +92,54 @@ def test_control_pings_leave_the_unacked_count_unchanged(settings: Settings, log
         assert after == before
     finally:
         worker.stop()
+
+
+def test_worker_metrics_listen_on_loopback_unless_configured_otherwise(
+    settings: Settings, log_dir: Path
+) -> None:
+    port = free_port()
+    env = service_env(
+        settings, CELERY_QUEUE=unique("contacts-metrics"), WORKER_METRICS_PORT=str(port)
+    )
+    worker = start_worker(env, log_dir, "metrics-loopback-worker", concurrency=1)
+    try:
+        assert wait_listening(worker.popen.pid, port) == {"127.0.0.1"}
+        assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
+        for address in non_loopback_ipv4():
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((address, port), timeout=5).close()
+    finally:
+        worker.stop()
+
+    # What docker-compose.yml sets, so that Prometheus on the compose network can scrape.
+    port = free_port()
+    env.update(WORKER_METRICS_PORT=str(port), WORKER_METRICS_HOST="0.0.0.0")  # noqa: S104
+    worker = start_worker(env, log_dir, "metrics-any-worker", concurrency=1)
+    try:
+        assert wait_listening(worker.popen.pid, port) == {"0.0.0.0"}  # noqa: S104
+    finally:
+        worker.stop()
+
+
+def test_serve_clears_stale_samples_from_the_metrics_folder_and_nothing_else(
+    settings: Settings, log_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "multiproc"
+    (folder / "reports").mkdir(parents=True)
+    foreign = {
+        folder / "README.txt": "not a metrics file",
+        folder / "reports" / "2026.csv": "a,b",
+        folder / "reports" / "counter_1.db": "a subfolder is never ours",
+    }
+    for path, text in foreign.items():
+        path.write_text(text)
+    stale = folder / "counter_999999.db"  # a sample file of a process long gone
+    stale.write_bytes(b"")
+    env = service_env(settings, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    gateway, base = start_gateway(env, log_dir)
+    try:
+        assert requests.get(f"{base}/metrics", timeout=5).status_code == 200
+        assert not stale.exists()
+        assert {path: path.read_text() for path in foreign} == foreign
+    finally:
+        gateway.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, make_url, text
+from sqlalchemy.exc import IntegrityError
 
 from contacts_ingest.infrastructure.migrate import (
     alembic_config,
@@ -39,6 +40,36 @@ def test_migrate_creates_the_database_and_the_schema_and_downgrades() -> None:
             require_current_schema(conn, head_revision())
         upgrade(url_text)
         assert "contacts" in inspect(engine).get_table_names()
+        engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_endpoints_created_before_operations_existed_keep_creating() -> None:
+    name = unique("contacts_migrate").replace("-", "_")
+    url = make_url(sqlalchemy_url(ADMIN_DATABASE_URL)).set(database=name)
+    url_text = url.render_as_string(hide_password=False)
+    admin = create_engine(
+        make_url(sqlalchemy_url(ADMIN_DATABASE_URL)), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        ensure_database(url_text)
+        command.upgrade(alembic_config(url_text), "0003")
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO webhook_endpoints (endpoint_id, user_id) VALUES ('whk_old', 'u')")
+            )
+        upgrade(url_text)
+        with engine.begin() as conn:
+            operation = conn.execute(
+                text("SELECT operation FROM webhook_endpoints WHERE endpoint_id = 'whk_old'")
+            ).scalar()
+            assert operation == "create"
+            with pytest.raises(IntegrityError):
+                conn.execute(text("UPDATE webhook_endpoints SET operation = 'delete'"))
         engine.dispose()
     finally:
         with admin.connect() as conn:

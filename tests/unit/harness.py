@@ -15,7 +15,7 @@ import falcon.testing
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from api_gateway.app import GatewayDeps, create_app
-from contacts_ingest.access.webhooks import WebhookRejected
+from contacts_ingest.access.webhooks import WebhookEndpoint, WebhookRejected
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.jobs.job import ContactJob
@@ -23,18 +23,24 @@ from contacts_ingest.jobs.messages import CeleryMessages
 
 KEYS = {"cik_alice": "alice", "cik_bob": "bob"}
 WEBHOOK_ENDPOINT = "whk_alice"
+UPSERT_WEBHOOK_ENDPOINT = "whk_alice_upserts"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"alice's webhook secret, 32 bytes").decode()
+ALICES_ENDPOINTS = {
+    WEBHOOK_ENDPOINT: WebhookEndpoint("alice", "create"),
+    UPSERT_WEBHOOK_ENDPOINT: WebhookEndpoint("alice", "upsert"),
+}
 
 
-def alices_webhook(endpoint_id: str, body: bytes, headers: dict[str, str]) -> str:
-    """Alice's one webhook endpoint, verified as the real verifier does."""
-    if endpoint_id != WEBHOOK_ENDPOINT:
+def alices_webhook(endpoint_id: str, body: bytes, headers: dict[str, str]) -> WebhookEndpoint:
+    """Alice's two webhook endpoints (one creates, one upserts; one secret), verified as
+    the real verifier does."""
+    if endpoint_id not in ALICES_ENDPOINTS:
         raise WebhookRejected("unknown endpoint")
     try:
         Webhook(WEBHOOK_SECRET).verify(body, headers, json_parse=False)
     except (WebhookVerificationError, ValueError, UnicodeDecodeError) as exc:
         raise WebhookRejected(str(exc)) from exc
-    return "alice"
+    return ALICES_ENDPOINTS[endpoint_id]
 
 
 def signed(
@@ -177,7 +183,7 @@ def make_harness(
         board=board,
         final_job=worker.final_job if worker else final_rows.get,  # type: ignore[arg-type]
         readiness={"redis": lambda: None, "postgres": (lambda: None) if ready else down},
-        user_for_delivery=alices_webhook,
+        endpoint_for_delivery=alices_webhook,
         completions=worker,  # type: ignore[arg-type]
     )
     app = create_app(settings, deps)

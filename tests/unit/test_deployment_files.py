@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +101,54 @@ def test_the_schema_head_the_gateway_expects_is_the_newest_migration() -> None:
     from contacts_ingest.infrastructure.schema import SCHEMA_HEAD
 
     assert head_revision() == SCHEMA_HEAD
+
+
+def test_only_the_gateway_and_flower_publish_ports_on_the_host(compose: dict[str, Any]) -> None:
+    published = {name for name, service in compose["services"].items() if "ports" in service}
+    assert published == {"gateway", "flower"}
+
+
+def test_worker_metrics_reach_the_compose_network_but_not_the_host(
+    compose: dict[str, Any],
+) -> None:
+    worker = compose["services"]["worker"]
+    assert Settings().worker_metrics_host == "127.0.0.1"  # outside compose: loopback only
+    host = worker["environment"]["WORKER_METRICS_HOST"]
+    assert Settings(worker_metrics_host=host).worker_metrics_host == "0.0.0.0"  # noqa: S104
+    assert worker["expose"] == [str(Settings().worker_metrics_port)]
+    assert "ports" not in worker
+
+
+def _compose_unescaped(value: str) -> str:
+    """A string as Compose hands it to the container: ``$$`` is a literal ``$``."""
+    return value.replace("$$", "$")
+
+
+@pytest.mark.parametrize("auth", [None, ""])
+def test_flower_refuses_to_start_without_basic_auth(
+    compose: dict[str, Any], auth: str | None
+) -> None:
+    flower = compose["services"]["flower"]
+    assert flower["profiles"] == ["flower"]  # not started by a plain `docker compose up`
+    # No default value: whatever is unset on the host is unset in the container.
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == "${FLOWER_BASIC_AUTH:-}"
+    entrypoint = [_compose_unescaped(part) for part in flower["entrypoint"]]
+    env = {"PATH": os.environ["PATH"]} | ({} if auth is None else {"FLOWER_BASIC_AUTH": auth})
+    done = subprocess.run(
+        [*entrypoint, "echo", "flower started"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "set FLOWER_BASIC_AUTH to user:password" in done.stderr
+    assert "flower started" not in done.stdout
+
+
+def test_flower_starts_with_basic_auth_in_its_environment(compose: dict[str, Any]) -> None:
+    flower = compose["services"]["flower"]
+    entrypoint = [_compose_unescaped(part) for part in flower["entrypoint"]]
+    # The command runs as given (Flower reads FLOWER_BASIC_AUTH itself, as --basic-auth).
+    probe = ["sh", "-c", 'echo "started with $FLOWER_BASIC_AUTH"']
+    env = {"PATH": os.environ["PATH"], "FLOWER_BASIC_AUTH": "admin:s3cret"}
+    done = subprocess.run([*entrypoint, *probe], env=env, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "started with admin:s3cret\n")
+    assert flower["command"][-1] == "--port=5555"
+    assert "basic" not in " ".join(flower["command"])  # never the password on a command line

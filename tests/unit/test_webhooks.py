@@ -7,8 +7,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from falcon.testing import Result
 
-from tests.unit.harness import WEBHOOK_ENDPOINT, Harness, make_harness, signed
+from tests.unit.harness import (
+    JSON,
+    UPSERT_WEBHOOK_ENDPOINT,
+    WEBHOOK_ENDPOINT,
+    Harness,
+    make_harness,
+    signed,
+)
 
 URL = f"/io/contacts/webhooks/{WEBHOOK_ENDPOINT}"
 BODY = b'{"email": "hook@example.com", "firstName": "Hook"}'
@@ -19,7 +27,7 @@ def gw() -> Harness:
     return make_harness()
 
 
-def deliver(gw: Harness, body: bytes, headers: dict[str, str], url: str = URL) -> object:
+def deliver(gw: Harness, body: bytes, headers: dict[str, str], url: str = URL) -> Result:
     return gw.client.simulate_post(url, body=body, headers=headers)
 
 
@@ -89,6 +97,51 @@ def test_a_signed_but_invalid_contact_is_a_400_like_any_other(gw: Harness) -> No
     assert answer.json["error"] == "A valid email is required"
 
 
-def test_upsert_is_chosen_in_the_endpoints_url(gw: Harness) -> None:
-    answer = gw.client.simulate_post(URL, body=BODY, headers=signed(BODY), params={"upsert": "1"})
-    assert answer.json["data"]["operation"] == "upsert"
+UPSERT_URL = f"/io/contacts/webhooks/{UPSERT_WEBHOOK_ENDPOINT}"
+
+
+def test_the_operation_is_the_one_the_endpoint_was_created_with(gw: Harness) -> None:
+    created = deliver(gw, BODY, signed(BODY, msg_id="msg_c"))
+    upserted = deliver(gw, BODY, signed(BODY, msg_id="msg_u"), url=UPSERT_URL)
+    operations = [answer.json["data"]["operation"] for answer in (created, upserted)]
+    assert operations == ["create", "upsert"]
+    assert [job.operation for job in gw.published] == ["create", "upsert"]
+
+
+@pytest.mark.parametrize("url", [URL, UPSERT_URL])
+@pytest.mark.parametrize("query", ["upsert=1", "upsert=0", "upsert=true", "upsert=", "upsert"])
+def test_upsert_in_a_webhook_url_is_a_400_and_enqueues_nothing(
+    gw: Harness, url: str, query: str
+) -> None:
+    # A signed create captured and replayed with ?upsert=1: the signature does not cover
+    # the URL, so the URL must not choose what the delivery does.
+    headers = signed(BODY, msg_id="msg_captured")
+    answer = gw.client.simulate_post(url, body=BODY, headers=headers, query_string=query)
+    assert answer.status_code == 400
+    message = "upsert is fixed by the webhook endpoint; remove ?upsert from the URL"
+    assert answer.json == {"error": message, "errors": [{"field": "upsert", "message": message}]}
+    assert gw.published == []
+    # The delivery itself, as signed, is still accepted once (its webhook-id not used up).
+    assert gw.client.simulate_post(url, body=BODY, headers=headers).status_code == 202
+    assert len(gw.published) == 1
+
+
+STORED = {"id": "cnt_1", "email": "hook@example.com", "phone": "+1 555 0100"}
+
+
+@pytest.mark.parametrize("url", [URL, UPSERT_URL])
+def test_prefer_wait_is_not_applied_to_webhook_deliveries(url: str) -> None:
+    # A worker that is instant: a keyed request asking to wait would get STORED back.
+    gw = make_harness(outcome=(200, STORED))
+    headers = {**signed(BODY, msg_id="msg_w"), "Prefer": "wait=5"}
+    first = gw.client.simulate_post(url, body=BODY, headers=headers)
+    retried = gw.client.simulate_post(url, body=BODY, headers=headers)
+    for answer in (first, retried):
+        assert answer.status_code == 202
+        assert "Preference-Applied" not in answer.headers
+        assert set(answer.json) == {"data"}
+        assert set(answer.json["data"]) == {"job_id", "status", "operation"}
+        assert "+1 555 0100" not in answer.text
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    keyed = gw.post({"email": "hook@example.com"}, headers={**JSON, "Prefer": "wait=5"})
+    assert (keyed.status_code, keyed.json["data"]) == (200, STORED)
