@@ -48,8 +48,20 @@ class AuthMiddleware:
         req.context.user_id = user_id
 
 
+# Metric labels come from fixed sets: a client that sends its own method never adds a series.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The request's method as a metric label: one of the HTTP methods, or ``other``."""
+    return method if method in _METHODS else "other"
+
+
 class MetricsMiddleware:
-    """Counts every answer by route and code, and times it."""
+    """Counts every answer by method, route (its URI template) and code, and times it.
+
+    Every label comes from a fixed set, whatever the client sends.
+    """
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
@@ -57,9 +69,10 @@ class MetricsMiddleware:
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
     ) -> None:
+        method = method_label(req.method)
         route = req.uri_template or "unmatched"
         code = falcon.http_status_to_code(resp.status)
-        REQUESTS.labels(req.method, route, str(code)).inc()
+        REQUESTS.labels(method, route, str(code)).inc()
         started = getattr(req.context, "started", None)
         if started is not None:
-            REQUEST_SECONDS.labels(req.method, route).observe(time.perf_counter() - started)
+            REQUEST_SECONDS.labels(method, route).observe(time.perf_counter() - started)

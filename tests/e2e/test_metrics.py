@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from contacts_ingest.settings import Settings
 from tests.conftest import free_port, unique
-from tests.e2e.conftest import create_key, service_env, start_gateway, start_worker, wait_final
+from tests.e2e.conftest import (
+    Service,
+    create_key,
+    service_env,
+    start_gateway,
+    start_worker,
+    wait_final,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -90,3 +99,18 @@ def test_control_pings_leave_the_unacked_count_unchanged(settings: Settings, log
         assert after == before
     finally:
         worker.stop()
+
+
+def test_made_up_methods_never_grow_the_metrics(service: Service) -> None:
+    url = urlsplit(service.base)
+    before = len(requests.get(f"{service.base}/metrics", timeout=5).content)
+    for i in range(100):
+        method = f"{i:03d}".ljust(30_000, "X")
+        with socket.create_connection((url.hostname, url.port)) as sock:
+            sock.sendall(f"{method} /io/contacts/contacts HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sock.settimeout(5)
+            assert sock.recv(12).startswith(b"HTTP/1.1 4")
+    scraped = requests.get(f"{service.base}/metrics", timeout=5)
+    # A few new series (method "other"), never one per method: 100 would add 3 MB.
+    assert len(scraped.content) - before < 50_000
+    assert value(scraped.text, "contacts_gateway_requests_total", method="other") >= 100
