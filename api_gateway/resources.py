@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import falcon
 import orjson
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from api_gateway.buffering import STEP_OUT
-from api_gateway.waiting import CompletionListener, preferred_wait
+from api_gateway.gate import STEP_OUT
+from api_gateway.throttle import FailureThrottle, TooManyFailures
+from api_gateway.waiting import CompletionListener, WaitSlots, preferred_wait
 from contacts_ingest.contact import ContactInvalid, FieldError, parse_batch, parse_contact
 from contacts_ingest.jobs import (
     ContactJob,
@@ -26,7 +28,7 @@ from contacts_ingest.jobs import (
     Operation,
     new_job_id,
 )
-from contacts_ingest.metrics import ENQUEUE_FAILURES, RATE_LIMITED, scrape
+from contacts_ingest.metrics import ENQUEUE_FAILURES, RATE_LIMITED, WAITS_DECLINED, scrape
 from contacts_ingest.settings import Settings
 from contacts_ingest.status import FinalJobReader, job_status
 from contacts_ingest.webhooks import WebhookRejected
@@ -34,19 +36,21 @@ from contacts_ingest.webhooks import WebhookRejected
 # A job -> (queue key, Celery message) for admission to push in the same step.
 MessageBuilder = Callable[[ContactJob], tuple[str, bytes]]
 
-# (endpoint id, raw body, webhook-* headers) -> the endpoint's user, or WebhookRejected.
-DeliveryVerifier = Callable[[str, bytes, dict[str, str]], str]
+
+class DeliveryVerifier(Protocol):
+    def user_for(
+        self, endpoint_id: str, headers: dict[str, str], read_body: Callable[[], bytes]
+    ) -> str:
+        """The endpoint's user, or WebhookRejected; reads the body only for a live endpoint."""
+
+    def seen_live(self, endpoint_id: str) -> bool:
+        """Whether this process last saw the endpoint live, without asking PostgreSQL."""
+
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_BODY_BYTES = 10 * 1024 * 1024
-BATCH_PATH = "/io/contacts/contacts/batch"
-
-
-def max_body_bytes(path: str) -> int:
-    """The body limit of a route: 64 KiB, but 10 MiB for a batch."""
-    return MAX_BATCH_BODY_BYTES if path.rstrip("/") == BATCH_PATH else MAX_BODY_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +178,9 @@ class ContactIntake:
         self._messages = messages
         self._final_job = final_job
         self._completions = completions
+        self._wait_slots = WaitSlots(
+            per_user=settings.wait_max_per_user, per_process=settings.wait_max_per_process
+        )
         self._quotas = {
             False: _Quota(
                 "writes", settings.rate_limit_writes, settings.rate_limit_window_seconds,
@@ -246,7 +253,7 @@ class ContactIntake:
         )
         if admission.idempotency == "replay" and admission.original is not None:
             resp.set_header("Idempotent-Replayed", "true")
-            self._answer(req, resp, *admission.original)
+            self._answer(req, resp, user_id, *admission.original)
             return
         if admission.idempotency == "in_progress":
             raise IdempotencyProblem(
@@ -277,7 +284,7 @@ class ContactIntake:
             "job accepted",
             extra={"job_id": job_id, "request_id": job.request_id, "operation": operation},
         )
-        self._answer(req, resp, job_id, operation)
+        self._answer(req, resp, user_id, job_id, operation)
 
     def _publish_after_admission(self, job: ContactJob, idempotency: Idempotency | None) -> None:
         """The second round trip, for publishers that are not part of admission."""
@@ -294,13 +301,28 @@ class ContactIntake:
             self._board.settle(job.user_id, idempotency, job.job_id)
 
     def _answer(
-        self, req: falcon.Request, resp: falcon.Response, job_id: str, operation: str
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        user_id: str,
+        job_id: str,
+        operation: str,
     ) -> None:
         """202 with the job; or, asked to wait (``Prefer: wait=N``), the job's own outcome
-        if it is final within N seconds, as the synchronous API would answer."""
+        if it is final within N seconds, as the synchronous API would answer.
+
+        Only so many requests wait at once (``WAIT_MAX_PER_USER``, ``WAIT_MAX_PER_PROCESS``);
+        past that, the 202 at once, as without the preference.
+        """
         resp.location = f"/io/contacts/jobs/{job_id}"
         wait = preferred_wait(req.get_header("Prefer"))
-        final = self._await_final(req, job_id, wait) if wait and self._completions else None
+        final = None
+        if wait and self._completions:
+            with self._wait_slots.slot(user_id) as may_wait:
+                if may_wait:
+                    final = self._await_final(req, job_id, wait)
+                else:
+                    WAITS_DECLINED.inc()
         if final is None:
             resp.status = falcon.HTTP_202
             resp.media = {"data": {"job_id": job_id, "status": "queued", "operation": operation}}
@@ -378,23 +400,33 @@ class WebhookResource:
 
     Public (no bearer key): the Standard Webhooks signature authenticates it, and its
     webhook-id is the idempotency key, so a source's retries never make a second job.
+    A delivery to an unknown or revoked endpoint is refused before its body is read;
+    failures are throttled per client address like bearer keys.
     """
 
     public = True
 
-    def __init__(self, intake: ContactIntake, user_for_delivery: DeliveryVerifier) -> None:
+    def __init__(
+        self, intake: ContactIntake, verifier: DeliveryVerifier, throttle: FailureThrottle
+    ) -> None:
         self._intake = intake
-        self._user_for_delivery = user_for_delivery
+        self._verifier = verifier
+        self._throttle = throttle
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, endpoint_id: str) -> None:
-        raw = _read_body(req)
+        retry_after = self._throttle.retry_after(req.remote_addr)
+        if retry_after is not None and not self._verifier.seen_live(endpoint_id):
+            raise TooManyFailures(retry_after)
         headers = {
             name: req.get_header(name) or ""
             for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
         }
+        # Read once, by the verifier, and only for a live endpoint; the intake reuses it.
+        read_body = functools.cache(lambda: _read_body(req))
         try:
-            user_id = self._user_for_delivery(endpoint_id, raw, headers)
+            user_id = self._verifier.user_for(endpoint_id, headers, read_body)
         except WebhookRejected:
+            self._throttle.failed(req.remote_addr)
             raise falcon.HTTPUnauthorized(
                 description="A valid webhook signature is required"
             ) from None
@@ -403,7 +435,7 @@ class WebhookResource:
             req,
             resp,
             user_id=user_id,
-            read_body=lambda: raw,
+            read_body=read_body,
             key=IdempotencyKey(headers["webhook-id"], header="webhook-id", namespace="webhook"),
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,15 +23,36 @@ WEBHOOK_ENDPOINT = "whk_alice"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"alice's webhook secret, 32 bytes").decode()
 
 
-def alices_webhook(endpoint_id: str, body: bytes, headers: dict[str, str]) -> str:
-    """Alice's one webhook endpoint, verified as the real verifier does."""
-    if endpoint_id != WEBHOOK_ENDPOINT:
-        raise WebhookRejected("unknown endpoint")
-    try:
-        Webhook(WEBHOOK_SECRET).verify(body, headers, json_parse=False)
-    except (WebhookVerificationError, ValueError, UnicodeDecodeError) as exc:
-        raise WebhookRejected(str(exc)) from exc
-    return "alice"
+class Keys:
+    """Keys as a dict; every one of them counts as seen by this process."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self._users = users
+
+    def user_for(self, key: str) -> str | None:
+        return self._users.get(key)
+
+    def seen_live(self, key: str) -> bool:
+        return key in self._users
+
+
+class AlicesWebhook:
+    """Alice's one webhook endpoint, verified as the real verifier does: the body is
+    read only for her endpoint."""
+
+    def user_for(
+        self, endpoint_id: str, headers: dict[str, str], read_body: Callable[[], bytes]
+    ) -> str:
+        if endpoint_id != WEBHOOK_ENDPOINT:
+            raise WebhookRejected("unknown endpoint")
+        try:
+            Webhook(WEBHOOK_SECRET).verify(read_body(), headers, json_parse=False)
+        except (WebhookVerificationError, ValueError, UnicodeDecodeError) as exc:
+            raise WebhookRejected(str(exc)) from exc
+        return "alice"
+
+    def seen_live(self, endpoint_id: str) -> bool:
+        return endpoint_id == WEBHOOK_ENDPOINT
 
 
 def signed(
@@ -120,6 +142,9 @@ def make_harness(
     outcome: tuple[int, Any] | None = None,
     batch_items: list[dict[str, Any]] | None = None,
     batch_limit: int = 10,
+    auth_failures: int = 60,
+    completions: Any = None,
+    waits_per_user: int = 10,
 ) -> Harness:
     """An in-process gateway; with ``outcome`` (code, contact or message) every job is
     final at once with it, as if a worker had been instant (for ``Prefer: wait``)."""
@@ -134,16 +159,20 @@ def make_harness(
     worker = InstantWorker(final_rows, *outcome, batch_items) if outcome else None
 
     deps = GatewayDeps(
-        user_for_key=KEYS.get,
+        keys=Keys(KEYS),
         board=board,
         publish=publish or (worker.publish if worker else published.append),
         final_job=lambda job_id: final_rows.get(job_id),  # type: ignore[arg-type, return-value]
         readiness={"redis": lambda: None, "postgres": (lambda: None) if ready else down},
-        user_for_delivery=alices_webhook,
-        completions=worker,  # type: ignore[arg-type]
+        webhooks=AlicesWebhook(),
+        completions=completions or worker,  # type: ignore[arg-type]
     )
     settings = Settings(
-        rate_limit_writes=limit, rate_limit_window_seconds=60, batch_rate_limit_requests=batch_limit
+        rate_limit_writes=limit,
+        rate_limit_window_seconds=60,
+        batch_rate_limit_requests=batch_limit,
+        auth_failure_limit=auth_failures,
+        wait_max_per_user=waits_per_user,
     )
     app = create_app(settings, deps)
     return Harness(falcon.testing.TestClient(app), published, final_rows, server)
