@@ -33,15 +33,20 @@ class _InputOutsideGate:
         self._stream = stream
         self._step_out = step_out
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         with self._step_out():
-            data: bytes = self._stream.read(size) if size >= 0 else self._stream.read()
+            whole = size is None or size < 0
+            data: bytes = self._stream.read() if whole else self._stream.read(size)
         return data
 
-    def readline(self, size: int = -1) -> bytes:
+    def readline(self, size: int | None = -1) -> bytes:
         with self._step_out():
             line: bytes = self._stream.readline(size)
         return line
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
 
 
 class ActiveRequests:

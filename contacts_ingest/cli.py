@@ -115,6 +115,9 @@ def serve(
         # its whole life, so slow and idle ones must not use up what others need.
         backpressure=max(connections, threads),
         respawn_failed_workers=True,
+        # On SIGTERM a process finishes what it has, but a client that stalls its body
+        # (granian cannot time a body out) may hold that up for at most this long.
+        workers_kill_timeout=30,
         http1_settings=HTTP1Settings(
             # Caps the request head (line and headers) at 64 KiB; bodies are capped by the app.
             max_buffer_size=64 * 1024,
