@@ -49,9 +49,10 @@ def test_a_method_nobody_knows_is_counted_as_other() -> None:
 
 @pytest.mark.parametrize("path", ["/io/contacts/contacts", "/io/contacts/contacts/batch"])
 def test_a_request_without_a_valid_key_is_refused_before_its_body_is_read(path: str) -> None:
-    gw = make_harness()
+    # The application as wsgi.py serves it: inside the active-request gate.
+    served = falcon.testing.TestClient(ActiveRequests(make_harness().client.app, active=1))
     body = UnreadBody(b'{"email": "a@example.com"}')
-    answer = gw.client.simulate_post(
+    answer = served.simulate_post(
         path,
         headers={**JSON, "Authorization": "Bearer cik_unknown", "Content-Length": "26"},
         extras={"wsgi.input": body},
