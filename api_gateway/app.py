@@ -13,7 +13,12 @@ import redis
 from falcon.media import JSONHandler
 from sqlalchemy.exc import SQLAlchemyError
 
-from api_gateway.middleware import AuthMiddleware, MetricsMiddleware, RequestIdMiddleware
+from api_gateway.middleware import (
+    ApiKeys,
+    AuthMiddleware,
+    MetricsMiddleware,
+    RequestIdMiddleware,
+)
 from api_gateway.openapi import openapi_document
 from api_gateway.resources import (
     ContactIntake,
@@ -26,6 +31,7 @@ from api_gateway.resources import (
     ReadyResource,
     WebhookResource,
 )
+from api_gateway.throttle import FailureThrottle
 from api_gateway.waiting import CompletionListener
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import JobBoard
@@ -40,14 +46,14 @@ class GatewayDeps:
     """What the gateway talks to. Tests pass fakes; ``api_gateway.wsgi`` the real ones."""
 
     # Presented API key -> user id, or None for a missing, unknown or revoked key.
-    user_for_key: Callable[[str], str | None]
+    keys: ApiKeys
     board: JobBoard
     # Job id -> its final status row from PostgreSQL, or None.
     final_job: FinalJobReader
     # Name -> a check that raises if that dependency is unreachable.
     readiness: Mapping[str, Callable[[], Any]]
-    # Webhook delivery -> its endpoint (user and operation), or raises WebhookRejected.
-    endpoint_for_delivery: DeliveryVerifier
+    # Webhook deliveries -> their endpoint (user and operation), or WebhookRejected.
+    webhooks: DeliveryVerifier
     # Wakes requests that asked to wait (Prefer: wait=N); None answers them 202 at once.
     completions: CompletionListener | None = None
 
@@ -84,10 +90,11 @@ def create_app(
     settings: Settings, deps: GatewayDeps
 ) -> falcon.App[falcon.Request, falcon.Response]:
     """Build the WSGI application."""
+    throttle = FailureThrottle(settings.auth_failure_limit, settings.auth_failure_window_seconds)
     middleware: list[Any] = [
         MetricsMiddleware(),
         RequestIdMiddleware(),
-        AuthMiddleware(deps.user_for_key),
+        AuthMiddleware(deps.keys, throttle),
     ]
     app = falcon.App(
         middleware=middleware,
@@ -105,7 +112,7 @@ def create_app(
     app.add_route("/io/contacts/contacts", ContactsResource(intake))
     app.add_route("/io/contacts/contacts/batch", ContactsResource(intake, batch=True))
     app.add_route(
-        "/io/contacts/webhooks/{endpoint_id}", WebhookResource(intake, deps.endpoint_for_delivery)
+        "/io/contacts/webhooks/{endpoint_id}", WebhookResource(intake, deps.webhooks, throttle)
     )
     app.add_route("/io/contacts/jobs/{job_id}", JobResource(deps.board, deps.final_job))
     app.add_route("/healthz", HealthResource())

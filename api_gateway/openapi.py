@@ -50,6 +50,19 @@ _RATE_HEADERS = {
     },
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Whole seconds.", "schema": {"type": "integer"}}}
+_THROTTLED = (
+    "too many failed authentications from this client address; a key this gateway has"
+    " seen working is never refused so."
+)
+
+
+def _too_many(limit: str) -> dict[str, Any]:
+    """The 429 of a write route: its quota, or failed authentications from the address."""
+    sometimes = {name: {**spec, "required": False} for name, spec in _RATE_HEADERS.items()}
+    return _error(
+        f"{limit}. Or {_THROTTLED} (then without the RateLimit headers)",
+        {**sometimes, **_RETRY_AFTER},
+    )
 
 
 def _schemas() -> dict[str, Any]:
@@ -96,10 +109,7 @@ def _schemas() -> dict[str, Any]:
                 "type": {
                     "type": "string",
                     "description": "A problem type, on Idempotency-Key conflicts only.",
-                    "enum": [
-                        "/problems/idempotency-key-in-use",
-                        "/problems/idempotency-key-reused",
-                    ],
+                    "enum": ["/problems/idempotency-key-reused"],
                 },
             },
         },
@@ -347,7 +357,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         ),
                         "413": _error("Body over 64 KiB."),
                         "415": _error("Content-Type is not JSON."),
-                        "429": _error(limit, {**_RATE_HEADERS, **_RETRY_AFTER}),
+                        "429": _too_many(limit),
                         "431": {"description": "Request head (line and headers) over 64 KiB."},
                         "503": unavailable,
                     },
@@ -369,6 +379,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "200": {"description": "The job.", "content": _json("JobStatus")},
                         "401": unauthorized,
                         "404": _error("No such job for this key's user."),
+                        "429": _error(f"Refused before any lookup: {_THROTTLED}", _RETRY_AFTER),
                         "503": unavailable,
                     },
                 }
@@ -441,7 +452,7 @@ def _batch_operation(document: dict[str, Any], settings: Settings) -> dict[str, 
         "The batch itself is malformed (not an object, or contacts not an array of 1 to"
         " 1,000); a bad contact inside is reported in the job's items instead."
     )
-    responses["429"] = _error(settings.batch_rate_limit_message, {**_RATE_HEADERS, **_RETRY_AFTER})
+    responses["429"] = _too_many(settings.batch_rate_limit_message)
     operation.update(
         operationId="createContactsBatch",
         summary="Create (or upsert, ?upsert=1) up to 1,000 contacts as one job",

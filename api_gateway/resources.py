@@ -2,42 +2,52 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import falcon
 import orjson
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from api_gateway.buffering import STEP_OUT
-from api_gateway.waiting import CompletionListener, preferred_wait
+from api_gateway.gate import STEP_OUT
+from api_gateway.throttle import FailureThrottle, TooManyFailures
+from api_gateway.waiting import CompletionListener, WaitSlots, preferred_wait
 from contacts_ingest.access.webhooks import WebhookEndpoint, WebhookRejected
-from contacts_ingest.infrastructure.metrics import ENQUEUE_FAILURES, RATE_LIMITED, scrape
+from contacts_ingest.infrastructure.metrics import (
+    ENQUEUE_FAILURES,
+    RATE_LIMITED,
+    WAITS_DECLINED,
+    scrape,
+)
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import Idempotency, JobBoard
 from contacts_ingest.jobs.job import ContactJob, Operation, new_job_id
 from contacts_ingest.jobs.status import FinalJobReader, job_status
 from contacts_ingest.model.contact import ContactInvalid, FieldError, parse_batch, parse_contact
 
-# (endpoint id, raw body, webhook-* headers) -> the endpoint, or WebhookRejected.
-DeliveryVerifier = Callable[[str, bytes, dict[str, str]], WebhookEndpoint]
+
+class DeliveryVerifier(Protocol):
+    def endpoint_for(
+        self, endpoint_id: str, headers: dict[str, str], read_body: Callable[[], bytes]
+    ) -> WebhookEndpoint:
+        """The endpoint (user and operation), or WebhookRejected; reads the body only for
+        a live endpoint."""
+
+    def seen_live(self, endpoint_id: str) -> bool:
+        """Whether this process last saw the endpoint live, without asking PostgreSQL."""
+
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_BODY_BYTES = 10 * 1024 * 1024
-BATCH_PATH = "/io/contacts/contacts/batch"
-
-
-def max_body_bytes(path: str) -> int:
-    """The body limit of a route: 64 KiB, but 10 MiB for a batch."""
-    return MAX_BATCH_BODY_BYTES if path.rstrip("/") == BATCH_PATH else MAX_BODY_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +167,9 @@ class ContactIntake:
         self._board = board
         self._final_job = final_job
         self._completions = completions
+        self._wait_slots = WaitSlots(
+            per_user=settings.wait_max_per_user, per_process=settings.wait_max_per_process
+        )
         self._quotas = {
             False: _Quota(
                 "writes", settings.rate_limit_writes, settings.rate_limit_window_seconds,
@@ -234,7 +247,7 @@ class ContactIntake:
         )
         if admission.idempotency == "replay" and admission.original is not None:
             resp.set_header("Idempotent-Replayed", "true")
-            self._answer(req, resp, *admission.original, may_wait=may_wait)
+            self._answer(req, resp, user_id, *admission.original, may_wait=may_wait)
             return
         if not admission.allowed:
             RATE_LIMITED.labels(quota.name).inc()
@@ -251,22 +264,33 @@ class ContactIntake:
             "job accepted",
             extra={"job_id": job_id, "request_id": job.request_id, "operation": requested},
         )
-        self._answer(req, resp, job_id, requested, may_wait=may_wait)
+        self._answer(req, resp, user_id, job_id, requested, may_wait=may_wait)
 
     def _answer(
         self,
         req: falcon.Request,
         resp: falcon.Response,
+        user_id: str,
         job_id: str,
         operation: str,
         *,
         may_wait: bool,
     ) -> None:
         """202 with the job; or, asked to wait (``Prefer: wait=N``) where ``may_wait``, the
-        job's own outcome if it is final within N seconds, as the synchronous API would."""
+        job's own outcome if it is final within N seconds, as the synchronous API would.
+
+        Only so many requests wait at once (``WAIT_MAX_PER_USER``, ``WAIT_MAX_PER_PROCESS``);
+        past that, the 202 at once, as without the preference.
+        """
         resp.location = f"/io/contacts/jobs/{job_id}"
         wait = preferred_wait(req.get_header("Prefer")) if may_wait else None
-        final = self._await_final(req, job_id, wait) if wait and self._completions else None
+        final = None
+        if wait and self._completions:
+            with self._wait_slots.slot(user_id) as slot:
+                if slot:
+                    final = self._await_final(req, job_id, wait)
+                else:
+                    WAITS_DECLINED.inc()
         if final is None:
             resp.status = falcon.HTTP_202
             resp.media = {"data": {"job_id": job_id, "status": "queued", "operation": operation}}
@@ -359,25 +383,34 @@ class WebhookResource:
     webhook-id is the idempotency key, so a source's retries never make a second job.
     The endpoint fixes the operation; the answer is the 202 and the job, never stored
     contact data (``Prefer: wait`` does not apply: a source must not read the user's
-    contacts).
+    contacts). A delivery to an unknown or revoked endpoint is refused before its body
+    is read; failures are throttled per client address like bearer keys.
     """
 
     public = True
 
-    def __init__(self, intake: ContactIntake, endpoint_for_delivery: DeliveryVerifier) -> None:
+    def __init__(
+        self, intake: ContactIntake, verifier: DeliveryVerifier, throttle: FailureThrottle
+    ) -> None:
         self._intake = intake
-        self._endpoint_for_delivery = endpoint_for_delivery
+        self._verifier = verifier
+        self._throttle = throttle
 
     @falcon.before(_no_upsert_in_url)
     def on_post(self, req: falcon.Request, resp: falcon.Response, endpoint_id: str) -> None:
-        raw = _read_body(req)
+        retry_after = self._throttle.retry_after(req.remote_addr)
+        if retry_after is not None and not self._verifier.seen_live(endpoint_id):
+            raise TooManyFailures(retry_after)
         headers = {
             name: req.get_header(name) or ""
             for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
         }
+        # Read once, by the verifier, and only for a live endpoint; the intake reuses it.
+        read_body = functools.cache(lambda: _read_body(req))
         try:
-            endpoint = self._endpoint_for_delivery(endpoint_id, raw, headers)
+            endpoint = self._verifier.endpoint_for(endpoint_id, headers, read_body)
         except WebhookRejected:
+            self._throttle.failed(req.remote_addr)
             raise falcon.HTTPUnauthorized(
                 description="A valid webhook signature is required"
             ) from None
@@ -387,7 +420,7 @@ class WebhookResource:
             resp,
             user_id=endpoint.user_id,
             operation=lambda: endpoint.operation,
-            read_body=lambda: raw,
+            read_body=read_body,
             key=IdempotencyKey(headers["webhook-id"], header="webhook-id", namespace="webhook"),
             may_wait=False,
         )

@@ -2,7 +2,9 @@
 
 One Redis subscription per gateway process (a pattern over the completion channels)
 feeds every waiting request: a worker publishes on a job's channel right after the
-job's final row committed, and only when someone asked to wait for it.
+job's final row committed, and only when someone asked to wait for it. A waiting
+request holds a server thread, so ``WaitSlots`` bounds how many wait at once, per
+user and per process: past either bound, the request is answered 202 at once.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 
@@ -28,6 +33,35 @@ def preferred_wait(prefer: str | None) -> int | None:
     if match is None:
         return None
     return min(int(match.group(1)), MAX_WAIT_SECONDS)
+
+
+class WaitSlots:
+    """At most ``per_user`` requests of one user, and ``per_process`` in all, wait at once."""
+
+    def __init__(self, *, per_user: int, per_process: int) -> None:
+        self._per_user = per_user
+        self._per_process = per_process
+        self._waiting: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def slot(self, user_id: str) -> Iterator[bool]:
+        """Yields whether ``user_id`` may wait now; the slot is given back on exit."""
+        with self._lock:
+            taken = (
+                self._waiting.total() < self._per_process
+                and self._waiting[user_id] < self._per_user
+            )
+            if taken:
+                self._waiting[user_id] += 1
+        try:
+            yield taken
+        finally:
+            if taken:
+                with self._lock:
+                    self._waiting[user_id] -= 1
+                    if not self._waiting[user_id]:
+                        del self._waiting[user_id]
 
 
 class CompletionListener:

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from api_gateway.app import GatewayDeps, create_app
-from api_gateway.buffering import BufferedBodies
-from api_gateway.resources import max_body_bytes
+from api_gateway.gate import ActiveRequests
 from api_gateway.waiting import CompletionListener
 from contacts_ingest.access.keys import KeyResolver
 from contacts_ingest.access.webhooks import WebhookVerifier
@@ -40,13 +39,11 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
             require_current_schema(conn)
 
     deps = GatewayDeps(
-        user_for_key=KeyResolver(engine, ttl=settings.key_cache_ttl_seconds).user_for,
+        keys=KeyResolver(engine, ttl=settings.key_cache_ttl_seconds),
         board=board,
         final_job=lambda job_id: read_final_job(engine, job_id),
         readiness={"redis": client.ping, "postgres": postgres_ready},
-        endpoint_for_delivery=WebhookVerifier(
-            engine, ttl=settings.key_cache_ttl_seconds
-        ).endpoint_for,
+        webhooks=WebhookVerifier(engine, ttl=settings.key_cache_ttl_seconds),
         # Its own connection, without a read timeout: it mostly waits for messages.
         completions=CompletionListener(
             redis.Redis.from_url(
@@ -55,11 +52,7 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
             board.completion_pattern(),
         ),
     )
-    return BufferedBodies(
-        create_app(settings, deps),
-        max_body=max_body_bytes,
-        active=settings.gateway_active_requests,
-    )
+    return ActiveRequests(create_app(settings, deps), active=settings.gateway_active_requests)
 
 
 app = build_app()

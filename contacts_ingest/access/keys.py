@@ -5,14 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
 from dataclasses import dataclass
 from datetime import datetime
 
-from cachetools import LRUCache, TTLCache
 from sqlalchemy import Engine, func, insert, or_, select, update
-from sqlalchemy.exc import OperationalError
 
+from contacts_ingest.access.lookup_cache import LookupCache
 from contacts_ingest.infrastructure.schema import api_keys
 from contacts_ingest.jobs.job import MAX_USER_ID_CHARS
 
@@ -75,15 +73,15 @@ class KeyResolver:
     While PostgreSQL is unreachable, a key keeps the last answer PostgreSQL gave for
     it, so clients whose keys this process has seen keep being served: nobody can
     revoke a key while PostgreSQL is down, so that answer is still the newest one.
+    Unknown keys are remembered apart from live ones: however many are presented,
+    they never push a live key out (``contacts_ingest.access.lookup_cache``).
     """
 
     def __init__(self, engine: Engine, *, ttl: float, max_entries: int = 10_000) -> None:
         self._engine = engine
-        self._cache: TTLCache[str, str | None] | None = (
-            TTLCache(maxsize=max_entries, ttl=ttl) if ttl > 0 else None
+        self._answers: LookupCache[str, str] = LookupCache(
+            self._lookup, ttl=ttl, max_entries=max_entries
         )
-        self._last_known: LRUCache[str, str | None] = LRUCache(maxsize=max_entries)
-        self._lock = threading.Lock()
 
     def user_for(self, key: str) -> str | None:
         """The user id owning a live ``key``, or None.
@@ -91,24 +89,13 @@ class KeyResolver:
         Raises OperationalError only when PostgreSQL is unreachable and this process
         has never looked the key up before.
         """
-        if not key.startswith(KEY_PREFIX) or len(key) > 200:
+        if not _well_formed(key):
             return None
-        digest = hash_key(key)
-        with self._lock:
-            if self._cache is not None and digest in self._cache:
-                return self._cache[digest]
-        try:
-            user_id = self._lookup(digest)
-        except OperationalError:
-            with self._lock:
-                if digest in self._last_known:
-                    return self._last_known[digest]
-            raise
-        with self._lock:
-            if self._cache is not None:
-                self._cache[digest] = user_id
-            self._last_known[digest] = user_id
-        return user_id
+        return self._answers.get(hash_key(key))
+
+    def seen_live(self, key: str) -> bool:
+        """Whether this process last saw ``key`` live (PostgreSQL is not asked)."""
+        return _well_formed(key) and self._answers.found_before(hash_key(key))
 
     def _lookup(self, digest: str) -> str | None:
         with self._engine.connect() as conn:
@@ -120,3 +107,7 @@ class KeyResolver:
         if row is None or not hmac.compare_digest(row.key_hash, digest):
             return None
         return str(row.user_id)
+
+
+def _well_formed(key: str) -> bool:
+    return key.startswith(KEY_PREFIX) and len(key) <= 200

@@ -15,15 +15,14 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from cachetools import LRUCache, TTLCache
 from sqlalchemy import Connection, Engine, func, insert, or_, select, update
-from sqlalchemy.exc import OperationalError
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from contacts_ingest.access.lookup_cache import LookupCache
 from contacts_ingest.infrastructure.schema import webhook_endpoints, webhook_secrets
 from contacts_ingest.jobs.job import MAX_USER_ID_CHARS, OPERATIONS, Operation
 
@@ -162,26 +161,29 @@ class WebhookVerifier:
 
     Endpoints and secrets are cached for ``ttl`` seconds (rotation and revocation take
     effect within it) and, like API keys, keep their last known state while
-    PostgreSQL is unreachable.
+    PostgreSQL is unreachable; unknown endpoint ids never push a live one out.
     """
 
     def __init__(self, engine: Engine, *, ttl: float, max_entries: int = 10_000) -> None:
         self._engine = engine
-        self._cache: TTLCache[str, _Known | None] | None = (
-            TTLCache(maxsize=max_entries, ttl=ttl) if ttl > 0 else None
+        self._endpoints: LookupCache[str, _Known] = LookupCache(
+            self._lookup, ttl=ttl, max_entries=max_entries
         )
-        self._last_known: LRUCache[str, _Known | None] = LRUCache(max_entries)
-        self._lock = threading.Lock()
 
     def endpoint_for(
-        self, endpoint_id: str, body: bytes, headers: dict[str, str]
+        self, endpoint_id: str, headers: dict[str, str], read_body: Callable[[], bytes]
     ) -> WebhookEndpoint:
-        """The endpoint (its user, its operation) if ``body`` and ``headers`` carry a
-        valid, fresh signature."""
+        """The endpoint (its user, its operation) if the body and ``headers`` carry a
+        valid, fresh signature.
+
+        ``read_body`` is called only once the endpoint is known to be live, so a
+        delivery to an unknown or revoked endpoint is refused before its body is read.
+        """
         known = self._endpoint(endpoint_id)
         if known is None:
             raise WebhookRejected("unknown endpoint")
         endpoint, verifiers = known
+        body = read_body()
         for verifier in verifiers:
             try:
                 verifier.verify(body, headers, json_parse=False)
@@ -190,24 +192,14 @@ class WebhookVerifier:
                 continue
         raise WebhookRejected("no valid signature")
 
+    def seen_live(self, endpoint_id: str) -> bool:
+        """Whether this process last saw ``endpoint_id`` live (PostgreSQL is not asked)."""
+        return _well_formed(endpoint_id) and self._endpoints.found_before(endpoint_id)
+
     def _endpoint(self, endpoint_id: str) -> _Known | None:
-        if not endpoint_id.startswith(ENDPOINT_PREFIX) or len(endpoint_id) > 40:
+        if not _well_formed(endpoint_id):
             return None
-        with self._lock:
-            if self._cache is not None and endpoint_id in self._cache:
-                return self._cache[endpoint_id]
-        try:
-            found = self._lookup(endpoint_id)
-        except OperationalError:
-            with self._lock:
-                if endpoint_id in self._last_known:
-                    return self._last_known[endpoint_id]
-            raise
-        with self._lock:
-            if self._cache is not None:
-                self._cache[endpoint_id] = found
-            self._last_known[endpoint_id] = found
-        return found
+        return self._endpoints.get(endpoint_id)
 
     def _lookup(self, endpoint_id: str) -> _Known | None:
         with self._engine.connect() as conn:
@@ -233,3 +225,7 @@ class WebhookVerifier:
         operation: Operation = "upsert" if rows[0].operation == "upsert" else "create"
         endpoint = WebhookEndpoint(str(rows[0].user_id), operation)
         return endpoint, [Webhook(row.secret) for row in rows]
+
+
+def _well_formed(endpoint_id: str) -> bool:
+    return endpoint_id.startswith(ENDPOINT_PREFIX) and len(endpoint_id) <= 40

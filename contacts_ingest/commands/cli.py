@@ -69,19 +69,30 @@ def migrate() -> None:
 )
 @click.option(
     "--threads",
-    default=128,
+    default=1024,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Connections a process reads requests from at once (slow clients each hold one).",
+    help="Python threads a process runs requests on at most (a request whose body is"
+    " still arriving, or that waits, holds one; started as needed).",
+)
+@click.option(
+    "--connections",
+    default=4096,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Connections a process holds at once (idle and slow ones included); more wait"
+    " in the listen backlog.",
 )
 @click.option(
     "--active",
     default=None,
     type=click.IntRange(min=1),
     show_default="GATEWAY_ACTIVE_REQUESTS, default number of cores",
-    help="Requests a process works on at once, once their bodies are read.",
+    help="Requests a process works on at once (not counting waiting on the network).",
 )
-def serve(host: str, port: int, workers: int, threads: int, active: int | None) -> None:
+def serve(
+    host: str, port: int, workers: int, threads: int, connections: int, active: int | None
+) -> None:
     """Serve the HTTP gateway under granian (a production WSGI server)."""
     from granian import Granian
     from granian.constants import Interfaces
@@ -91,7 +102,8 @@ def serve(host: str, port: int, workers: int, threads: int, active: int | None) 
 
     if active is not None:
         os.environ["GATEWAY_ACTIVE_REQUESTS"] = str(active)  # read by each gateway process
-    _settings()  # fail here, not in every gateway process, if the configuration is wrong
+    # Fail here, not in every gateway process, if the configuration is wrong.
+    settings = _settings()
     prepare_multiprocess_dir()  # before any gateway process records a metric
     Granian(
         "api_gateway.wsgi:app",
@@ -100,11 +112,19 @@ def serve(host: str, port: int, workers: int, threads: int, active: int | None) 
         interface=Interfaces.WSGI,
         workers=workers,
         blocking_threads=threads,
-        # Connections beyond the threads wait in granian's I/O loop, not in Python.
-        backpressure=threads,
+        # Connections are cheap in granian's I/O loop; each one holds a slot here for
+        # its whole life, so slow and idle ones must not use up what others need.
+        backpressure=max(connections, threads),
         respawn_failed_workers=True,
-        # Caps the request head (line and headers) at 64 KiB; bodies are capped by the app.
-        http1_settings=HTTP1Settings(max_buffer_size=64 * 1024),
+        # On SIGTERM a process finishes what it has, but a client that stalls its body
+        # (granian cannot time a body out) may hold that up for at most this long.
+        workers_kill_timeout=30,
+        http1_settings=HTTP1Settings(
+            # Caps the request head (line and headers) at 64 KiB; bodies are capped by the app.
+            max_buffer_size=64 * 1024,
+            # A head not complete within it is dropped (granian has no body timeout).
+            header_read_timeout=round(settings.gateway_header_timeout_seconds * 1000),
+        ),
     ).serve()
 
 

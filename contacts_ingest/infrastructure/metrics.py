@@ -38,6 +38,11 @@ REQUEST_SECONDS = Histogram(
 RATE_LIMITED = Counter(
     "contacts_gateway_rate_limited_total", "Writes refused with 429, by quota.", ["quota"]
 )
+WAITS_DECLINED = Counter(
+    "contacts_gateway_waits_declined_total",
+    "Prefer: wait requests answered 202 at once: their user, or the process, had the most"
+    " waiting already.",
+)
 ENQUEUE_FAILURES = Counter(
     "contacts_gateway_enqueue_failures_total",
     "Accepted writes whose job could not be published (answered 503).",

@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     batch_rate_limit_window_seconds: int = Field(default=60, ge=1)
     # How long the gateway trusts a cached API-key lookup; revocation takes effect within it.
     key_cache_ttl_seconds: float = Field(default=10.0, ge=0)
+    # Failed authentications per client address per window and gateway process; past
+    # them, 429 before any lookup (keys this process has seen live still pass).
+    auth_failure_limit: int = Field(default=60, ge=1)
+    auth_failure_window_seconds: int = Field(default=60, ge=1)
+    # Requests that wait (Prefer: wait) at once per user, and in all, per gateway
+    # process; past either, the 202 at once.
+    wait_max_per_user: int = Field(default=10, ge=0)
+    wait_max_per_process: int = Field(default=100, ge=0)
+    # Seconds a client has to send a request's head (line and headers); then it is closed.
+    gateway_header_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     # How long a queued job's record lives in Redis if no worker ever finishes it.
     job_record_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     # The most jobs a worker process applies in one transaction (see worker/batching.py).

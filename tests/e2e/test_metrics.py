@@ -8,13 +8,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from contacts_ingest.infrastructure.settings import Settings
 from tests.conftest import free_port, unique
-from tests.e2e.conftest import create_key, service_env, start_gateway, start_worker, wait_final
+from tests.e2e.conftest import (
+    Service,
+    create_key,
+    service_env,
+    start_gateway,
+    start_worker,
+    wait_final,
+)
 from tests.e2e.sockets import non_loopback_ipv4, wait_listening
 
 pytestmark = pytest.mark.e2e
@@ -143,3 +151,18 @@ def test_serve_clears_stale_samples_from_the_metrics_folder_and_nothing_else(
         assert {path: path.read_text() for path in foreign} == foreign
     finally:
         gateway.stop()
+
+
+def test_made_up_methods_never_grow_the_metrics(service: Service) -> None:
+    url = urlsplit(service.base)
+    before = len(requests.get(f"{service.base}/metrics", timeout=5).content)
+    for i in range(100):
+        method = f"{i:03d}".ljust(30_000, "X")
+        with socket.create_connection((url.hostname, url.port)) as sock:
+            sock.sendall(f"{method} /io/contacts/contacts HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sock.settimeout(5)
+            assert sock.recv(12).startswith(b"HTTP/1.1 4")
+    scraped = requests.get(f"{service.base}/metrics", timeout=5)
+    # A few new series (method "other"), never one per method: 100 would add 3 MB.
+    assert len(scraped.content) - before < 50_000
+    assert value(scraped.text, "contacts_gateway_requests_total", method="other") >= 100

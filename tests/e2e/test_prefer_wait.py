@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import requests
 from contacts_ingest.infrastructure.settings import Settings
 from tests.conftest import unique
 from tests.e2e.conftest import Service, create_key, service_env, start_gateway
+from tests.e2e.test_metrics import value
 
 pytestmark = pytest.mark.e2e
 
@@ -93,3 +95,36 @@ def test_an_upsert_through_the_service_never_lifts_a_bounce(service: Service) ->
     )
     assert again.status_code == 200
     assert again.json()["data"]["status"] == "bounced"
+
+
+def test_one_users_waiting_replays_never_hold_back_another_user(
+    settings: Settings, log_dir: Path
+) -> None:
+    # No worker consumes this queue: every job stays queued, so every wait runs out.
+    env = service_env(settings, CELERY_QUEUE=unique("contacts-unserved"))
+    gateway, base = start_gateway(env, log_dir)
+    try:
+        alice = {"Authorization": f"Bearer {create_key(env, unique('user'))}"}
+        bob = {"Authorization": f"Bearer {create_key(env, unique('user'))}"}
+        body = {"email": "replayed@example.com"}
+        replay = {**alice, "Idempotency-Key": "one-key", "Prefer": "wait=10"}
+        assert post(base, {**alice, "Idempotency-Key": "one-key"}, body).status_code == 202
+
+        # Replays of an accepted key cost no quota: 300 of them at once, all asking to wait.
+        with ThreadPoolExecutor(max_workers=300) as pool:
+            replays = [pool.submit(post, base, replay, body) for _ in range(300)]
+            answered, waiting = wait(replays, timeout=8)  # less than the 10 s they asked for
+            assert len(waiting) == settings.wait_max_per_user
+            assert all(r.result().status_code == 202 for r in answered)
+            assert not any("Preference-Applied" in r.result().headers for r in answered)
+
+            # Another user is answered while alice's waits are still running.
+            other = requests.post(f"{base}/io/contacts/contacts", json=body, headers=bob, timeout=5)
+            assert other.status_code == 202
+            assert not any(r.done() for r in waiting)
+        assert all(r.result().status_code == 202 for r in waiting)
+        scraped = requests.get(f"{base}/metrics", timeout=5).text
+        declined = 300 - settings.wait_max_per_user
+        assert value(scraped, "contacts_gateway_waits_declined_total") == declined
+    finally:
+        gateway.stop()

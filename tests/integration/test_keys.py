@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import pytest
@@ -93,3 +94,18 @@ def test_known_keys_keep_working_while_postgresql_is_unreachable(engine: Engine)
     assert resolver.user_for(revoked) is None
     with pytest.raises(OperationalError):
         resolver.user_for(never_seen)
+
+
+def test_a_flood_of_random_keys_never_evicts_a_seen_key_for_an_outage(engine: Engine) -> None:
+    user = unique("user")
+    _, known = create_key(engine, user)
+    resolver = KeyResolver(engine, ttl=0, max_entries=50)
+    assert resolver.user_for(known) == user
+    for _ in range(500):  # ten times what the process remembers
+        assert resolver.user_for(KEY_PREFIX + secrets.token_urlsafe(32)) is None
+    assert resolver.seen_live(known)
+
+    resolver._engine = make_engine(  # the same resolver, its database now gone
+        f"postgresql://postgres@127.0.0.1:{free_port()}/contacts", pool_size=1
+    )
+    assert resolver.user_for(known) == user

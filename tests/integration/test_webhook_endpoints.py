@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +19,8 @@ from contacts_ingest.access.webhooks import (
     revoke_endpoint,
     rotate_secret,
 )
-from tests.conftest import unique
+from contacts_ingest.infrastructure.database import make_engine
+from tests.conftest import free_port, unique
 
 pytestmark = pytest.mark.integration
 
@@ -40,10 +42,12 @@ def test_a_delivery_signed_with_the_endpoints_secret_names_its_user(engine: Engi
     assert endpoint.startswith("whk_")
     assert secret.startswith("whsec_")
     verifier = WebhookVerifier(engine, ttl=0)
-    assert verifier.endpoint_for(endpoint, BODY, signed(secret)) == WebhookEndpoint(user, "create")
+    assert verifier.endpoint_for(endpoint, signed(secret), lambda: BODY) == WebhookEndpoint(
+        user, "create"
+    )
     _, someone_elses = create_endpoint(engine, unique("user"))
     with pytest.raises(WebhookRejected):
-        verifier.endpoint_for(endpoint, BODY, signed(someone_elses))
+        verifier.endpoint_for(endpoint, signed(someone_elses), lambda: BODY)
 
 
 def test_an_endpoint_created_to_upsert_upserts_and_is_listed_so(engine: Engine) -> None:
@@ -51,7 +55,9 @@ def test_an_endpoint_created_to_upsert_upserts_and_is_listed_so(engine: Engine) 
     upserting, secret = create_endpoint(engine, user, "upsert")
     creating, _ = create_endpoint(engine, user)
     verifier = WebhookVerifier(engine, ttl=0)
-    assert verifier.endpoint_for(upserting, BODY, signed(secret)) == WebhookEndpoint(user, "upsert")
+    assert verifier.endpoint_for(upserting, signed(secret), lambda: BODY) == WebhookEndpoint(
+        user, "upsert"
+    )
     listed = {info.endpoint_id: info.operation for info in list_endpoints(engine, user)}
     assert listed == {upserting: "upsert", creating: "create"}
     with pytest.raises(ValueError, match="operation must be one of create, upsert"):
@@ -64,13 +70,13 @@ def test_after_rotation_both_secrets_verify_until_the_grace_period_ends(engine: 
     assert new is not None
     assert new != old
     verifier = WebhookVerifier(engine, ttl=0)
-    verifier.endpoint_for(endpoint, BODY, signed(old))
-    verifier.endpoint_for(endpoint, BODY, signed(new))
-    verifier.endpoint_for(endpoint, BODY, signed(old, new))  # a source signing with both
+    verifier.endpoint_for(endpoint, signed(old), lambda: BODY)
+    verifier.endpoint_for(endpoint, signed(new), lambda: BODY)
+    verifier.endpoint_for(endpoint, signed(old, new), lambda: BODY)  # a source signing with both
     time.sleep(1.2)
-    verifier.endpoint_for(endpoint, BODY, signed(new))
+    verifier.endpoint_for(endpoint, signed(new), lambda: BODY)
     with pytest.raises(WebhookRejected):
-        verifier.endpoint_for(endpoint, BODY, signed(old))
+        verifier.endpoint_for(endpoint, signed(old), lambda: BODY)
     [info] = [e for e in list_endpoints(engine) if e.endpoint_id == endpoint]
     assert info.live_secrets == 1
 
@@ -78,16 +84,47 @@ def test_after_rotation_both_secrets_verify_until_the_grace_period_ends(engine: 
 def test_a_revoked_endpoint_stops_within_the_cache_ttl(engine: Engine) -> None:
     endpoint, secret = create_endpoint(engine, unique("user"))
     verifier = WebhookVerifier(engine, ttl=0.3)
-    verifier.endpoint_for(endpoint, BODY, signed(secret))
+    verifier.endpoint_for(endpoint, signed(secret), lambda: BODY)
     assert revoke_endpoint(engine, endpoint)
     assert rotate_secret(engine, endpoint) is None
     time.sleep(0.4)
     with pytest.raises(WebhookRejected):
-        verifier.endpoint_for(endpoint, BODY, signed(secret))
+        verifier.endpoint_for(endpoint, signed(secret), lambda: BODY)
 
 
 def test_unknown_and_malformed_endpoints_are_rejected(engine: Engine) -> None:
     verifier = WebhookVerifier(engine, ttl=10)
     for endpoint in ("whk_nope", "", "x" * 1000):
         with pytest.raises(WebhookRejected):
-            verifier.endpoint_for(endpoint, BODY, signed("whsec_" + "A" * 44))
+            verifier.endpoint_for(endpoint, signed("whsec_" + "A" * 44), lambda: BODY)
+
+
+def test_an_unknown_endpoint_is_refused_without_reading_the_body(engine: Engine) -> None:
+    def never() -> bytes:
+        raise AssertionError("the body was read")
+
+    verifier = WebhookVerifier(engine, ttl=10)
+    with pytest.raises(WebhookRejected):
+        verifier.endpoint_for("whk_" + "0" * 24, signed("whsec_" + "A" * 44), never)
+    endpoint, _ = create_endpoint(engine, unique("user"))
+    assert revoke_endpoint(engine, endpoint)
+    with pytest.raises(WebhookRejected):
+        verifier.endpoint_for(endpoint, signed("whsec_" + "A" * 44), never)
+
+
+def test_a_flood_of_unknown_endpoints_never_evicts_a_live_one_for_an_outage(
+    engine: Engine,
+) -> None:
+    user = unique("user")
+    endpoint, secret = create_endpoint(engine, user)
+    verifier = WebhookVerifier(engine, ttl=0, max_entries=50)
+    assert verifier.endpoint_for(endpoint, signed(secret), lambda: BODY).user_id == user
+    for _ in range(500):
+        with pytest.raises(WebhookRejected):
+            verifier.endpoint_for(f"whk_{secrets.token_hex(12)}", signed(secret), lambda: BODY)
+    assert verifier.seen_live(endpoint)
+
+    verifier._engine = make_engine(  # the same verifier, its database now gone
+        f"postgresql://postgres@127.0.0.1:{free_port()}/contacts", pool_size=1
+    )
+    assert verifier.endpoint_for(endpoint, signed(secret), lambda: BODY).user_id == user

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,16 +32,36 @@ ALICES_ENDPOINTS = {
 }
 
 
-def alices_webhook(endpoint_id: str, body: bytes, headers: dict[str, str]) -> WebhookEndpoint:
+class Keys:
+    """Keys as a dict; every one of them counts as seen by this process."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self._users = users
+
+    def user_for(self, key: str) -> str | None:
+        return self._users.get(key)
+
+    def seen_live(self, key: str) -> bool:
+        return key in self._users
+
+
+class AlicesWebhook:
     """Alice's two webhook endpoints (one creates, one upserts; one secret), verified as
-    the real verifier does."""
-    if endpoint_id not in ALICES_ENDPOINTS:
-        raise WebhookRejected("unknown endpoint")
-    try:
-        Webhook(WEBHOOK_SECRET).verify(body, headers, json_parse=False)
-    except (WebhookVerificationError, ValueError, UnicodeDecodeError) as exc:
-        raise WebhookRejected(str(exc)) from exc
-    return ALICES_ENDPOINTS[endpoint_id]
+    the real verifier does: the body is read only for her endpoints."""
+
+    def endpoint_for(
+        self, endpoint_id: str, headers: dict[str, str], read_body: Callable[[], bytes]
+    ) -> WebhookEndpoint:
+        if endpoint_id not in ALICES_ENDPOINTS:
+            raise WebhookRejected("unknown endpoint")
+        try:
+            Webhook(WEBHOOK_SECRET).verify(read_body(), headers, json_parse=False)
+        except (WebhookVerificationError, ValueError, UnicodeDecodeError) as exc:
+            raise WebhookRejected(str(exc)) from exc
+        return ALICES_ENDPOINTS[endpoint_id]
+
+    def seen_live(self, endpoint_id: str) -> bool:
+        return endpoint_id in ALICES_ENDPOINTS
 
 
 def signed(
@@ -155,6 +176,9 @@ def make_harness(
     outcome: tuple[int, Any] | None = None,
     batch_items: list[dict[str, Any]] | None = None,
     batch_limit: int = 10,
+    auth_failures: int = 60,
+    completions: Any = None,
+    waits_per_user: int = 10,
 ) -> Harness:
     """An in-process gateway; with ``outcome`` (code, contact or message) every job is
     final at once with it, as if a worker had been instant (for ``Prefer: wait``)."""
@@ -162,6 +186,8 @@ def make_harness(
         rate_limit_writes=limit,
         rate_limit_window_seconds=60,
         batch_rate_limit_requests=batch_limit,
+        auth_failure_limit=auth_failures,
+        wait_max_per_user=waits_per_user,
         redis_key_prefix="t:",
     )
     server = fakeredis.FakeServer()
@@ -179,12 +205,12 @@ def make_harness(
         else None
     )
     deps = GatewayDeps(
-        user_for_key=KEYS.get,
+        keys=Keys(KEYS),
         board=board,
         final_job=worker.final_job if worker else final_rows.get,  # type: ignore[arg-type]
         readiness={"redis": lambda: None, "postgres": (lambda: None) if ready else down},
-        endpoint_for_delivery=alices_webhook,
-        completions=worker,  # type: ignore[arg-type]
+        webhooks=AlicesWebhook(),
+        completions=completions or worker,  # type: ignore[arg-type]
     )
     app = create_app(settings, deps)
     return Harness(falcon.testing.TestClient(app), client, messages.queue_key, final_rows, server)

@@ -221,6 +221,9 @@ SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
     ("get", "/io/contacts/jobs/{job_id}", "401"): lambda: make_harness().client.simulate_get(
         "/io/contacts/jobs/job_1"
     ),
+    ("get", "/io/contacts/jobs/{job_id}", "429"): lambda: (
+        lambda gw: [gw.client.simulate_get("/io/contacts/jobs/job_1") for _ in range(2)][-1]
+    )(make_harness(auth_failures=1)),
     ("get", "/io/contacts/jobs/{job_id}", "404"): lambda: make_harness().client.simulate_get(
         "/io/contacts/jobs/job_1", headers=BOB
     ),
