@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 import threading
 import unicodedata
+from collections import deque
 from typing import NamedTuple
 
 from email_validator import EmailSyntaxError, ValidatedEmail, validate_email
@@ -35,9 +36,9 @@ from email_validator.syntax import (
 
 DOMAIN_CACHE_MAX_ENTRIES = 32_768
 DOMAIN_CACHE_MAX_BYTES = 8 * 2**20
-# The dict's own share of one entry (hash, key and value pointers, index slots, growth
+# An entry's share of the dict and the queue (hash, pointers, index slots, growth
 # headroom): tests/unit/test_email_syntax.py measures the whole cache against the bound.
-_DICT_BYTES_PER_ENTRY = 120
+_BOOKKEEPING_BYTES_PER_ENTRY = 120
 _CASE_INSENSITIVE_MAILBOX_NAMES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
 # validate_email_length refuses a form of the address over EMAIL_MAX_LENGTH bytes of
 # UTF-8, at most 4 bytes a character: forms this short cannot be refused.
@@ -70,7 +71,7 @@ def decide_domain(domain_part: str) -> DomainVerdict:
 
 
 def _entry_bytes(key: str, verdict: DomainVerdict) -> int:
-    size = _DICT_BYTES_PER_ENTRY + sys.getsizeof(key) + sys.getsizeof(verdict)
+    size = _BOOKKEEPING_BYTES_PER_ENTRY + sys.getsizeof(key) + sys.getsizeof(verdict)
     if isinstance(verdict, DomainName):
         if verdict.ascii_domain is not key:
             size += sys.getsizeof(verdict.ascii_domain)
@@ -83,7 +84,7 @@ class DomainVerdicts:
     """email-validator's verdicts on domain parts, remembered first in, first out.
 
     Holds at most ``max_entries`` verdicts and ``max_bytes`` bytes (keys, verdicts and
-    the dict's share of each entry). A verdict is keyed by the domain part exactly as
+    their bookkeeping). A verdict is keyed by the domain part exactly as
     sent and is a pure function of that text, so what one client sends decides only
     which verdicts are remembered (and so how fast an address is checked), never what
     any address is told. Hits take no lock; a miss decides outside the lock.
@@ -97,6 +98,9 @@ class DomainVerdicts:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._verdicts: dict[str, DomainVerdict] = {}
+        # Oldest first. Popping a dict's first key would skip the slots of every key
+        # popped before it.
+        self._order: deque[str] = deque()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -120,12 +124,13 @@ class DomainVerdicts:
         with self._lock:
             if domain_part in self._verdicts:
                 return verdict
-            while self._verdicts and (
-                len(self._verdicts) >= self.max_entries or self._bytes + size > self.max_bytes
+            while self._order and (
+                len(self._order) >= self.max_entries or self._bytes + size > self.max_bytes
             ):
-                oldest = next(iter(self._verdicts))
+                oldest = self._order.popleft()
                 self._bytes -= _entry_bytes(oldest, self._verdicts.pop(oldest))
             self._verdicts[domain_part] = verdict
+            self._order.append(domain_part)
             self._bytes += size
         return verdict
 
