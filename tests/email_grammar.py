@@ -129,10 +129,6 @@ def cased(strategy: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     return strategy | st.builds(vary_case, strategy, st.integers(0, 2**64 - 1))
 
 
-def _joined(parts: list[str], separator: str = ".") -> str:
-    return separator.join(parts)
-
-
 def _punycode(label: str) -> str:
     try:
         return idna.encode(label).decode("ascii")
