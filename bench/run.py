@@ -43,6 +43,7 @@ GRANIAN = str(Path(sys.executable).parent / "granian")
 WRK_SCRIPT = str(ROOT / "bench" / "wrk_post_contacts.lua")
 
 sys.path.insert(0, str(ROOT))
+from bench import validation  # noqa: E402
 from contacts_ingest.commands.dev import free_port  # noqa: E402
 from contacts_ingest.infrastructure.migrate import upgrade  # noqa: E402
 from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url  # noqa: E402
@@ -454,6 +455,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
         ),
         ("Redis bytes per queued job", f"{w['redis_bytes_per_queued_job']:,}", "", "≤ 2 KiB"),
     ]
+    rows += validation.rows(results["validation"])
     lines = [
         f"Measured {results['date']} on {results['machine']} ({results['mode']} run).",
         "",
@@ -536,6 +538,8 @@ def main() -> int:
             ),
             "mode": "quick" if args.quick else "full",
         }
+        print("validation ...", flush=True)
+        results["validation"] = validation.measure(args.quick)
         print("gateway and floor ...", flush=True)
         results["gateway"] = bench_gateway(stack, profile, sampler)
         print("worker drain ...", flush=True)

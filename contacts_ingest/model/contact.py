@@ -12,7 +12,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
-from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,6 +24,8 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
+
+from contacts_ingest.model.email_syntax import normalize_email
 
 STATUSES = ("subscribed", "unsubscribed", "bounced", "complained")
 EMAIL_MAX_CHARS = 254
@@ -114,7 +116,7 @@ def _normalize_email(value: object) -> str:
     if not isinstance(value, str) or len(value) > EMAIL_MAX_CHARS or "\x00" in value:
         raise PydanticCustomError("email", EMAIL_MESSAGE)
     try:
-        normalized = validate_email(value, check_deliverability=False).normalized
+        normalized = normalize_email(value)
     except EmailNotValidError:
         raise PydanticCustomError("email", EMAIL_MESSAGE) from None
     if len(normalized) > EMAIL_MAX_CHARS:  # IDNA mapping can lengthen a domain ("ﬁ" -> "fi")
