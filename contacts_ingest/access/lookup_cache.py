@@ -40,17 +40,19 @@ class LookupCache(Generic[K, V]):
         self._missing: LRUCache[K, float] = LRUCache(maxsize=max_entries)
         self._lock = threading.Lock()
 
-    def get(self, key: K) -> V | None:
-        """The answer for ``key``: fresh from the cache, or looked up.
+    def get(self, key: K, *, max_age: float | None = None) -> V | None:
+        """The answer for ``key``: from the cache if younger than the ttl (and than
+        ``max_age``, if given), else looked up.
 
         Raises OperationalError only when PostgreSQL is unreachable and this process
         has no answer for ``key`` at all.
         """
         now = self._clock()
+        fresh_for = self._ttl if max_age is None else min(self._ttl, max_age)
         with self._lock:
-            if (found := self._found.get(key)) is not None and now - found[1] < self._ttl:
+            if (found := self._found.get(key)) is not None and now - found[1] < fresh_for:
                 return found[0]
-            if (missing := self._missing.get(key)) is not None and now - missing < self._ttl:
+            if (missing := self._missing.get(key)) is not None and now - missing < fresh_for:
                 return None
         try:
             answer = self._lookup(key)

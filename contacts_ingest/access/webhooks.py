@@ -134,6 +134,8 @@ def list_endpoints(engine: Engine, user_id: str | None = None) -> list[EndpointI
         select(func.count())
         .where(
             webhook_secrets.c.endpoint_id == webhook_endpoints.c.endpoint_id,
+            # A revoked endpoint's secrets verify nothing any more.
+            webhook_endpoints.c.revoked_at.is_(None),
             or_(webhook_secrets.c.expires_at.is_(None), webhook_secrets.c.expires_at > func.now()),
         )
         .scalar_subquery()
@@ -154,6 +156,9 @@ def list_endpoints(engine: Engine, user_id: str | None = None) -> list[EndpointI
 
 # A live endpoint and a verifier per live secret, newest first.
 _Known = tuple[WebhookEndpoint, list[Webhook]]
+# How old a cached endpoint must be before a failed signature reads it again: bad
+# signatures cost at most ten lookups a second per endpoint and process.
+REREAD_AFTER_SECONDS = 0.1
 
 
 class WebhookVerifier:
@@ -182,24 +187,24 @@ class WebhookVerifier:
         known = self._endpoint(endpoint_id)
         if known is None:
             raise WebhookRejected("unknown endpoint")
-        endpoint, verifiers = known
         body = read_body()
-        for verifier in verifiers:
-            try:
-                verifier.verify(body, headers, json_parse=False)
-                return endpoint
-            except (WebhookVerificationError, ValueError, binascii.Error, UnicodeDecodeError):
-                continue
+        if _verified(known, body, headers):
+            return known[0]
+        # A source may sign with a secret rotated in since the cache was filled: read
+        # the secrets again before refusing (unless they were read a moment ago).
+        again = self._endpoint(endpoint_id, max_age=REREAD_AFTER_SECONDS)
+        if again is not None and again is not known and _verified(again, body, headers):
+            return again[0]
         raise WebhookRejected("no valid signature")
 
     def seen_live(self, endpoint_id: str) -> bool:
         """Whether this process last saw ``endpoint_id`` live (PostgreSQL is not asked)."""
         return _well_formed(endpoint_id) and self._endpoints.found_before(endpoint_id)
 
-    def _endpoint(self, endpoint_id: str) -> _Known | None:
+    def _endpoint(self, endpoint_id: str, max_age: float | None = None) -> _Known | None:
         if not _well_formed(endpoint_id):
             return None
-        return self._endpoints.get(endpoint_id)
+        return self._endpoints.get(endpoint_id, max_age=max_age)
 
     def _lookup(self, endpoint_id: str) -> _Known | None:
         with self._engine.connect() as conn:
@@ -225,6 +230,16 @@ class WebhookVerifier:
         operation: Operation = "upsert" if rows[0].operation == "upsert" else "create"
         endpoint = WebhookEndpoint(str(rows[0].user_id), operation)
         return endpoint, [Webhook(row.secret) for row in rows]
+
+
+def _verified(known: _Known, body: bytes, headers: dict[str, str]) -> bool:
+    for verifier in known[1]:
+        try:
+            verifier.verify(body, headers, json_parse=False)
+            return True
+        except (WebhookVerificationError, ValueError, binascii.Error, UnicodeDecodeError):
+            continue
+    return False
 
 
 def _well_formed(endpoint_id: str) -> bool:

@@ -81,6 +81,26 @@ def test_after_rotation_both_secrets_verify_until_the_grace_period_ends(engine: 
     assert info.live_secrets == 1
 
 
+def test_a_secret_rotated_in_verifies_at_once_despite_the_cache(engine: Engine) -> None:
+    endpoint, old = create_endpoint(engine, unique("user"))
+    verifier = WebhookVerifier(engine, ttl=60)
+    verifier.endpoint_for(endpoint, signed(old), lambda: BODY)  # cached for a minute
+    time.sleep(0.2)
+    new = rotate_secret(engine, endpoint)
+    assert new is not None
+    verifier.endpoint_for(endpoint, signed(new), lambda: BODY)
+    with pytest.raises(WebhookRejected):
+        verifier.endpoint_for(endpoint, signed("whsec_" + "A" * 44), lambda: BODY)
+
+
+def test_a_revoked_endpoint_lists_no_live_secret(engine: Engine) -> None:
+    endpoint, _ = create_endpoint(engine, unique("user"))
+    assert revoke_endpoint(engine, endpoint)
+    [info] = [e for e in list_endpoints(engine) if e.endpoint_id == endpoint]
+    assert info.revoked_at is not None
+    assert info.live_secrets == 0
+
+
 def test_a_revoked_endpoint_stops_within_the_cache_ttl(engine: Engine) -> None:
     endpoint, secret = create_endpoint(engine, unique("user"))
     verifier = WebhookVerifier(engine, ttl=0.3)

@@ -68,3 +68,21 @@ def test_while_the_database_is_down_a_recent_refusal_still_stands() -> None:
     assert cache.get("revoked") is None
     database.reachable = False
     assert cache.get("revoked") is None
+
+
+def test_a_caller_may_ask_for_an_answer_younger_than_the_ttl() -> None:
+    now = [0.0]
+    calls: list[str] = []
+
+    def lookup(key: str) -> str:
+        calls.append(key)
+        return f"answer {len(calls)}"
+
+    cache: LookupCache[str, str] = LookupCache(lookup, ttl=60, clock=lambda: now[0])
+    assert cache.get("k") == "answer 1"
+    now[0] = 0.5
+    assert cache.get("k", max_age=1) == "answer 1"  # young enough: PostgreSQL not asked
+    now[0] = 2
+    assert cache.get("k") == "answer 1"
+    assert cache.get("k", max_age=1) == "answer 2"
+    assert calls == ["k", "k"]
