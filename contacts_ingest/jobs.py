@@ -49,6 +49,20 @@ class InvalidJobMessage(ValueError):
     """A message that does not even name a job and its user: it cannot be recorded."""
 
 
+# What a job fails with when the worker cannot read its message, or cannot apply it.
+UNREADABLE_MESSAGE = "The job's message could not be read"
+APPLY_FAILED_MESSAGE = "The job could not be applied"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A job's final failure decided before it is applied: code and message as the
+    job's ``error`` reports them."""
+
+    code: int
+    message: str
+
+
 @dataclass(frozen=True, slots=True)
 class ContactJob:
     """One create or upsert, as it travels from producer to worker."""
@@ -62,6 +76,8 @@ class ContactJob:
     request_id: str | None = None
     # A batch job's body is {"contacts": [...]}; each contact is created or upserted.
     batch: bool = False
+    # Set by the worker, never by a message: the job fails with this and is not applied.
+    refusal: Refusal | None = None
 
     def to_message(self) -> dict[str, Any]:
         message = {
@@ -401,6 +417,22 @@ class JobBoard:
         row instead.
         """
         return bool(self._watch(keys=[self.record_key(job_id)]))
+
+    def refused(self, job_id: str, refusal: Refusal) -> ContactJob | None:
+        """The pending job ``job_id``, rebuilt from its record, to fail with ``refusal``
+        (for a message that cannot be read); None if it has no record (it is final
+        already, or unknown)."""
+        record = self.pending(job_id) if 0 < len(job_id) <= MAX_JOB_ID_CHARS else None
+        if record is None or not record.get("user_id") or not record.get("accepted_at_us"):
+            return None
+        return ContactJob(
+            job_id=job_id,
+            user_id=record["user_id"],
+            operation=_operation(record.get("operation", "")),
+            body=None,
+            accepted_at_us=int(record["accepted_at_us"]),
+            refusal=refusal,
+        )
 
     def pending(self, job_id: str) -> dict[str, str] | None:
         """The record of a job that is not final yet, or None."""
