@@ -145,6 +145,10 @@ def _delivery_reused() -> Result:
     return _deliver(gw, b'{"email": "b@example.com"}')
 
 
+def _broken(job: object) -> None:
+    raise RuntimeError("a bug")
+
+
 WEBHOOK_SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
     ("post", HOOK, "200"): lambda: _waited(200, webhook=True),
     ("post", HOOK, "201"): lambda: _waited(201, webhook=True),
@@ -164,6 +168,9 @@ WEBHOOK_SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
             -1
         ]
     )(make_harness(limit=1)),
+    ("post", HOOK, "500"): lambda: _deliver(
+        make_harness(publish=_broken), b'{"email": "a@example.com"}'
+    ),
     ("post", HOOK, "503"): lambda: _deliver(
         _redis_down(make_harness()), b'{"email": "a@example.com"}'
     ),
@@ -216,6 +223,7 @@ BATCH_SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
     ("post", BATCH, "429"): lambda: (lambda gw: [_batch(gw) for _ in range(2)][-1])(
         make_harness(batch_limit=1)
     ),
+    ("post", BATCH, "500"): lambda: _batch(make_harness(publish=_broken)),
     ("post", BATCH, "503"): lambda: _batch(_redis_down(make_harness())),
 }
 
@@ -243,6 +251,11 @@ SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
     ("post", "/io/contacts/contacts", "429"): lambda: (
         lambda gw: [_post(gw, {"email": "a@example.com"}) for _ in range(2)][-1]
     )(make_harness(limit=1)),
+    ("post", "/io/contacts/contacts", "500"): lambda: _post(
+        make_harness(outcome=(500, "The job could not be applied")),
+        {"email": "bob@example.com"},
+        headers={**ALICE, **JSON, **WAIT},
+    ),
     ("post", "/io/contacts/contacts", "503"): lambda: _post(
         _redis_down(make_harness()), {"email": "a@example.com"}
     ),
