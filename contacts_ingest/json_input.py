@@ -36,8 +36,10 @@ _CONTAINERS = (dict, list)
 # What orjson says of arrays and objects nested past its own limit (1,024 levels); a
 # unit test pins the wording.
 _ORJSON_TOO_DEEP = "depth limit exceeded"
-# Any integer beyond 64 bits has at least 19 digits (-9223372036854775809).
-_LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}")
+# Any integer beyond 64 bits has at least 19 digits (-9223372036854775809): looked for
+# as 19 zeros once every digit reads as a zero (a tenth of a regular expression's time).
+_DIGITS_AS_ZEROS = bytes.maketrans(b"0123456789", b"0" * 10)
+_LONG_DIGIT_RUN = b"0" * 19
 # A string (taken whole, so digits inside it are not numbers) or a whole number.
 _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?', re.S)
 
@@ -61,7 +63,7 @@ def read_body(raw: bytes) -> object:
     """
     # Bodies without a run of 19 digits (nearly all) are spared the tokenizing.
     integers: dict[str, int] = {}
-    if _LONG_DIGIT_RUN.search(raw) is not None:
+    if raw.translate(_DIGITS_AS_ZEROS).find(_LONG_DIGIT_RUN) != -1:
         raw = _set_aside_long_integers(raw, integers)
     try:
         value = orjson.loads(raw)
@@ -131,10 +133,10 @@ def nests_deeper_than(value: object, levels: int) -> bool:
         depth += 1
         if depth > levels:
             return True
-        inner: list[Any] = []
-        for container in containers:
-            for child in container.values() if type(container) is dict else container:
-                if type(child) in _CONTAINERS:  # decoded JSON: exactly these types
-                    inner.append(child)
-        containers = inner
+        containers = [
+            child
+            for container in containers
+            for child in (container.values() if type(container) is dict else container)
+            if type(child) in _CONTAINERS  # decoded JSON: exactly these types
+        ]
     return False
