@@ -82,6 +82,15 @@ def _unavailable(
     ) from exc
 
 
+def _internal_error(
+    req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]
+) -> None:
+    # Instead of Falcon's own handler, which prints the traceback, text and all, to the
+    # server's error stream: through logging, an exception is logged without its text.
+    log.error("unexpected error", exc_info=exc, extra={"path": req.path})
+    raise falcon.HTTPInternalServerError(description="Internal server error") from exc
+
+
 def _not_found(req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
     raise falcon.HTTPNotFound(description="Not found")
 
@@ -105,6 +114,7 @@ def create_app(
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(_serialize_error)
+    app.add_error_handler(Exception, _internal_error)
     app.add_error_handler(redis.RedisError, _unavailable)
     app.add_error_handler(SQLAlchemyError, _unavailable)
 

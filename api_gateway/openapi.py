@@ -236,7 +236,7 @@ def _schemas() -> dict[str, Any]:
                                     "type": "object",
                                     "required": ["code", "message"],
                                     "properties": {
-                                        "code": {"enum": [400, 409]},
+                                        "code": {"enum": [400, 409, 500]},
                                         "message": {"type": "string"},
                                         "errors": {
                                             "type": "array",
@@ -318,7 +318,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "description": (
                                 "`wait=N` (RFC 7240, N at most 10): hold the request until the"
                                 " job is final and answer as the synchronous API would (201 or"
-                                " 200 with the contact, 400 or 409 with the error, plus"
+                                " 200 with the contact, 400, 409 or 500 with the error, plus"
                                 " `Preference-Applied`); not final within N seconds: 202."
                             ),
                             "schema": {"type": "string"},
@@ -345,7 +345,14 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             },
                             "content": _json("JobAccepted"),
                         },
-                        "400": _error("A rule is broken; `errors` lists every failing field."),
+                        "400": _error(
+                            "A rule is broken; `errors` lists every failing field. The body"
+                            " as a whole: valid JSON, an object, nested at most 64 levels"
+                            " deep (`Request body must not nest more than 64 levels deep`),"
+                            " integers of at most 4300 digits (`Request body must not contain"
+                            " integers of more than 4300 digits`); integers beyond 64 bits"
+                            " are kept exactly."
+                        ),
                         "401": unauthorized,
                         "409": _error(
                             "Prefer: wait, and the job's outcome: a contact with this email"
@@ -359,6 +366,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "415": _error("Content-Type is not JSON."),
                         "429": _too_many(limit),
                         "431": {"description": "Request head (line and headers) over 64 KiB."},
+                        "500": _error(
+                            "An unexpected error (a bug), in the gateway, or, with Prefer:"
+                            " wait, the job's own outcome (`The job could not be applied`)."
+                        ),
                         "503": unavailable,
                     },
                 }
@@ -450,7 +461,8 @@ def _batch_operation(document: dict[str, Any], settings: Settings) -> dict[str, 
     responses["413"] = _error("Body over 10 MiB.")
     responses["400"] = _error(
         "The batch itself is malformed (not an object, or contacts not an array of 1 to"
-        " 1,000); a bad contact inside is reported in the job's items instead."
+        " 1,000; nested past 64 levels, or an integer of more than 4300 digits, anywhere in"
+        " it); a bad contact inside is reported in the job's items instead."
     )
     responses["429"] = _too_many(settings.batch_rate_limit_message)
     operation.update(

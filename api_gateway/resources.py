@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -31,6 +32,14 @@ from contacts_ingest.jobs.board import Idempotency, JobBoard
 from contacts_ingest.jobs.job import ContactJob, Operation, new_job_id
 from contacts_ingest.jobs.status import FinalJobReader, job_status
 from contacts_ingest.model.contact import ContactInvalid, FieldError, parse_batch, parse_contact
+from contacts_ingest.model.json_input import (
+    DEPTH_MESSAGE,
+    MAX_DEPTH,
+    JsonRefused,
+    could_nest_deeper_than,
+    nests_deeper_than,
+    read_body,
+)
 
 
 class DeliveryVerifier(Protocol):
@@ -124,9 +133,31 @@ def _read_body(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> bytes:
 
 def _decode(raw: bytes) -> object:
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("Request body must be valid JSON") from None
+        return read_body(raw)
+    except JsonRefused as refused:
+        raise InvalidRequest(refused.message) from None
+
+
+def _bound_depth(raw: bytes, body: object) -> None:
+    """Refuse a body nested past 64 levels: after its own rules (a customFields too deep
+    says so), before anything that recurses (the job's message) touches it."""
+    if could_nest_deeper_than(raw, MAX_DEPTH) and nests_deeper_than(body, MAX_DEPTH):
+        raise InvalidRequest(DEPTH_MESSAGE)
+
+
+def _canonical(raw: bytes) -> bytes:
+    """The JSON value of ``raw`` written one way (keys sorted, integers exact); ``raw``
+    itself if it is not JSON the gateway reads."""
+    try:
+        value = read_body(raw)
+    except JsonRefused:
+        return raw
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, or nested past 254 levels
+        if nests_deeper_than(value, MAX_DEPTH):
+            return raw  # refused for its depth anyway
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _idempotency(
@@ -143,13 +174,9 @@ def _idempotency(
     if match is None:
         message = f"{key.header} must be 1 to 255 printable ASCII characters"
         raise InvalidRequest(message, [FieldError(key.header, message)])
-    try:
-        content = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
-    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
-        content = raw
     return Idempotency(
         key_hash=hashlib.sha256(f"{key.namespace}:{match.group(1)}".encode()).hexdigest(),
-        fingerprint=hashlib.sha256(operation.encode() + b"\n" + content).hexdigest(),
+        fingerprint=hashlib.sha256(operation.encode() + b"\n" + _canonical(raw)).hexdigest(),
     )
 
 
@@ -211,6 +238,7 @@ class ContactIntake:
             idempotency = _idempotency(key, requested, raw)
             body = _decode(raw)
             parse_batch(body) if batch else parse_contact(body)
+            _bound_depth(raw, body)
         except falcon.HTTPError as exc:
             refusal = exc
         except ContactInvalid as invalid:

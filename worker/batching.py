@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, Task
-from kombu.exceptions import DecodeError as KombuDecodeError
 from kombu.utils.uuid import uuid
+
+from contacts_ingest.model.json_input import could_nest_deeper_than, nests_deeper_than
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +44,17 @@ class BatchTask(Task):  # type: ignore[misc]
     #: The most work one pool process is given at a time, in units of ``weight``
     #: (a message heavier than that goes alone).
     batch_size = 100
+    #: How deep a message may nest to be handed to a pool process (pickling recurses
+    #: once per level, within Python's limit of about 1,000); a deeper one is
+    #: ``Unreadable``.
+    max_depth = 200
 
     def run_batch(self, jobs: list[Any]) -> list[int]:
-        """Apply ``jobs``; return the indices of those to put back on the queue."""
+        """Apply ``jobs``; return the indices of those to put back on the queue.
+
+        A job is a message's first argument, or ``Unreadable`` for a message that has
+        none the worker could read: it is acknowledged unless handed back.
+        """
         raise NotImplementedError
 
     def weight(self, job: Any) -> int:
@@ -56,6 +65,17 @@ class BatchTask(Task):  # type: ignore[misc]
         return _BatchingConsumer(task, consumer).on_message
 
 
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """Stands in for a message whose job could not be read, so that the task can still
+    record the job (its id is the message's task id, when it has one) as failed."""
+
+    task_id: str | None
+    # "too deep" (nested past ``max_depth``), or "unreadable" (not JSON, not a task
+    # message, or a job that could not be handed to a pool process).
+    problem: str
+
+
 @dataclass(slots=True)
 class _Delivery:
     job: Any
@@ -63,8 +83,16 @@ class _Delivery:
     message: Any
 
 
-def _first_argument(message: Any) -> Any:
-    """The job a task message carries (protocol 2: ``[args, kwargs, embed]``).
+def _task_id(message: Any) -> str | None:
+    headers = getattr(message, "headers", None)
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    return task_id if isinstance(task_id, str) else None
+
+
+def _first_argument(message: Any, max_depth: int) -> Any:
+    """The job a task message carries (protocol 2: ``[args, kwargs, embed]``), or
+    ``Unreadable``. Never raises: it runs in the worker's main process, which a raised
+    error would stop.
 
     JSON bodies are read with the plain JSON decoder: kombu's turns objects shaped
     like ``{"__type__": ..., "__value__": ...}`` into Python values (or refuses
@@ -72,14 +100,20 @@ def _first_argument(message: Any) -> Any:
     """
     try:
         if message.content_type == "application/json":
-            args, kwargs, _ = json.loads(message.body)
+            body = message.body
+            payload = json.loads(body)
+            deep = could_nest_deeper_than(body, max_depth) and nests_deeper_than(payload, max_depth)
         else:
-            args, kwargs, _ = message.payload
-        if args:
-            return args[0]
-        return kwargs.get("job")
-    except (TypeError, ValueError, AttributeError, KombuDecodeError):
-        return None  # not a job: the task logs it and drops it
+            payload = message.payload
+            deep = nests_deeper_than(payload, max_depth)
+        if deep:
+            return Unreadable(_task_id(message), "too deep")
+        args, kwargs, _ = payload
+        return args[0] if args else kwargs["job"]
+    except RecursionError:  # the decoder's: nested about 1,000 levels deep
+        return Unreadable(_task_id(message), "too deep")
+    except Exception:
+        return Unreadable(_task_id(message), "unreadable")
 
 
 def run_in_pool(task_name: str, jobs: list[Any]) -> list[int]:
@@ -108,7 +142,7 @@ class _BatchingConsumer:
         # run later on the event loop, one Redis round trip each; and no Celery
         # bookkeeping hangs on them for this task (it never registers active requests,
         # so there is no reduced prefetch count to restore after a reconnect).
-        job = _first_argument(message)
+        job = _first_argument(message, self._task.max_depth)
         self._waiting.append(_Delivery(job, max(1, self._task.weight(job)), message))
         self._dispatch()
 
@@ -119,7 +153,6 @@ class _BatchingConsumer:
             while self._waiting and self._waiting[0].weight <= room:
                 room -= self._waiting[0].weight
                 batch.append(self._waiting.popleft())
-            size = len(batch)
             self._busy += 1
             try:
                 self._pool.apply_async(
@@ -129,10 +162,21 @@ class _BatchingConsumer:
                     error_callback=lambda exc_info, batch=batch: self._lost(batch, exc_info),
                     correlation_id=uuid(),
                 )
-            except Exception:  # the pool is shutting down: Redis keeps them unacknowledged
+            except Exception as exc:  # a job could not be pickled for the pool process
                 self._busy -= 1
-                logger.warning("pool refused a batch of %d; they will be redelivered", size)
-                return
+                self._cannot_send(batch, exc)
+
+    def _cannot_send(self, batch: list[_Delivery], exc: Exception) -> None:
+        """Sends the deliveries of a batch the pool could not take one by one; one
+        that fails alone goes as ``Unreadable``. Its neighbours are not held back."""
+        logger.error("could not hand a batch of %d to the pool (%r)", len(batch), exc)
+        for delivery in reversed(batch):
+            if len(batch) > 1:
+                delivery.weight = self._task.batch_size + 1  # goes alone
+            else:
+                delivery.job = Unreadable(_task_id(delivery.message), "unreadable")
+                delivery.weight = 1
+            self._waiting.appendleft(delivery)
 
     def _returned(self, batch: list[_Delivery], hand_back: Any) -> None:
         self._busy -= 1

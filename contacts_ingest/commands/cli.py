@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 import click
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from contacts_ingest.infrastructure.logs import configure_logging
+from contacts_ingest.infrastructure.logs import configure_logging, describe_exception
 from contacts_ingest.infrastructure.settings import Settings
 
 if TYPE_CHECKING:
@@ -27,7 +28,8 @@ def _settings() -> Settings:
 
 
 class _Commands(click.Group):
-    """Turns database failures into one readable line instead of a traceback."""
+    """Turns database failures into one readable line instead of a traceback, and any
+    other failure into a log line that carries no exception's text (contact data)."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -39,6 +41,11 @@ class _Commands(click.Group):
             raise click.ClickException(
                 "the database schema is missing or old: run `contacts-ingest migrate`"
             ) from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            logging.getLogger(__name__).error("command failed", exc_info=exc)
+            raise click.ClickException(f"failed: {describe_exception(exc)}") from None
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -145,8 +152,6 @@ def serve(
 )
 def worker(concurrency: int, metrics_port: int | None) -> None:
     """Run a Celery worker consuming contact jobs (log level: LOG_LEVEL)."""
-    import logging
-
     from contacts_ingest.infrastructure.metrics_dir import prepare_multiprocess_dir
 
     settings = _settings()

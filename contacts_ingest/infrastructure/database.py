@@ -27,4 +27,7 @@ def make_engine(
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args=connect_args,
+        # Statement parameters are contact data: never in an exception's text, so never
+        # in a log.
+        hide_parameters=True,
     )

@@ -1,25 +1,168 @@
-"""Structured logs: one JSON object per line, carrying request and job ids when known."""
+"""Structured logs: one JSON object per line, carrying request and job ids when known.
+
+No log line carries an exception's text: a database error's text holds the failing
+row's values (psycopg's ``DETAIL: Key (user_id, email_key)=(...)``, a check's message),
+and any exception may hold contact data. An exception is logged as its type, where it
+was raised (the traceback's frames: code, never values) and, for a database error,
+its SQLSTATE and the names PostgreSQL gives (constraint, table, column). Only errors
+about connections, whose text names servers rather than data, keep their text. The
+message bodies Celery quotes when it discards a message are left out too.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+# Exceptions (module, name) whose text is about a connection or a process, never data.
+_TELLING = {
+    ("redis.exceptions", "ConnectionError"),
+    ("redis.exceptions", "TimeoutError"),
+    ("kombu.exceptions", "OperationalError"),
+    ("billiard.exceptions", "WorkerLostError"),
+}
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``exc`` as a log line may show it: its type, its SQLSTATE and the names of what
+    failed for a database error, its text only where that cannot hold contact data."""
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    database_error = getattr(exc, "orig", None) or exc
+    sqlstate = getattr(database_error, "sqlstate", None)
+    details: list[str] = []
+    if database_error is not exc:
+        details.append(type(database_error).__qualname__)
+    if sqlstate:
+        details.append(f"SQLSTATE {sqlstate}")
+    diag = getattr(database_error, "diag", None)
+    for field in ("constraint_name", "table_name", "column_name"):
+        value = getattr(diag, field, None)
+        if value:
+            details.append(f"{field.removesuffix('_name')} {value}")
+    text = _telling_text(exc, database_error, sqlstate)
+    details.append(text if text is not None else "text withheld")
+    return f"{name} ({'; '.join(details)})"
+
+
+def _telling_text(exc: BaseException, database_error: object, sqlstate: str | None) -> str | None:
+    if isinstance(exc, OSError | RecursionError | MemoryError):
+        return str(exc)
+    if any((k.__module__, k.__name__) in _TELLING for k in type(exc).__mro__):
+        return str(exc)
+    connection_error = any(
+        k.__module__.startswith("psycopg") and k.__name__ in ("OperationalError", "InterfaceError")
+        for k in type(database_error).__mro__
+    )
+    if connection_error and (sqlstate is None or sqlstate.startswith("08")):
+        return (str(database_error).strip().splitlines() or [""])[0]
+    return None
+
+
+def format_exception(exc: BaseException) -> str:
+    """A traceback of ``exc`` and the exceptions it chains, each described by
+    :func:`describe_exception` instead of its text."""
+    chain: list[tuple[BaseException, str]] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    link = ""
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append((current, link))
+        if current.__cause__ is not None:
+            current, link = current.__cause__, _CAUSE
+        elif current.__context__ is not None and not current.__suppress_context__:
+            current, link = current.__context__, _CONTEXT
+        else:
+            current = None
+    lines: list[str] = []
+    for position, (item, _) in enumerate(reversed(chain)):
+        if position:
+            lines.append(chain[len(chain) - position][1])
+        if item.__traceback__ is not None:
+            lines.append("Traceback (most recent call last):\n")
+            lines.extend(traceback.format_list(traceback.extract_tb(item.__traceback__)))
+        lines.append(describe_exception(item) + "\n")
+    return "".join(lines).rstrip("\n")
+
+
+class _Described(str):
+    """An exception's description standing in for it among a log call's arguments
+    (``%r`` of it reads as the description, not as a quoted string)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _withheld(arg: Any) -> Any:
+    if isinstance(arg, BaseException):
+        return _Described(describe_exception(arg))
+    exception = getattr(arg, "exception", None)  # billiard's ExceptionInfo
+    if type(arg).__name__ == "ExceptionInfo" and isinstance(exception, BaseException):
+        return _Described(describe_exception(exception))
+    return arg
+
+
+def _reports_a_message_body(msg: object) -> bool:
+    # Celery's reports of messages it cannot route or decode quote up to 1 KiB of them.
+    return isinstance(msg, str) and (
+        "contents of the message body" in msg or msg.startswith("Can't decode message body")
+    )
+
+
+class _WithoutContactData(logging.Filter):
+    """Replaces exceptions passed as a log call's message or arguments (Celery's
+    ``"Unrecoverable error: %r", exc``) by their descriptions, and drops the message
+    body Celery quotes when it discards a message it cannot route or decode."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _reports_a_message_body(record.msg):
+            first_line = str(record.msg).splitlines()[0].split("%")[0].rstrip(" :")
+            record.msg, record.args = f"{first_line} (its contents withheld)", ()
+        record.msg = _withheld(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_withheld(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: _withheld(arg) for key, arg in record.args.items()}
+        return True
+
+
+class _SafeJsonFormatter(JsonFormatter):
+    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
+        return format_exception(ei[1]) if ei and ei[1] is not None else ""
+
+
+class _SafeTextFormatter(logging.Formatter):
+    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
+        return format_exception(ei[1]) if ei and ei[1] is not None else ""
+
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Send every logger (Celery's included) to stderr, as JSON lines or plain text."""
+    """Send every logger (Celery's included) to stderr, as JSON lines or plain text,
+    with exceptions described without their texts."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(
-            JsonFormatter(
+            _SafeJsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             )
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(_SafeTextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.addFilter(_WithoutContactData())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -18,7 +18,13 @@ from sqlalchemy import Connection, Engine, RowMapping, TextClause, func, select,
 
 from contacts_ingest.infrastructure.schema import contact_jobs, contacts
 from contacts_ingest.jobs.board import JobBoard
-from contacts_ingest.jobs.job import ContactJob, InvalidJobMessage, datetime_from_us, iso_timestamp
+from contacts_ingest.jobs.job import (
+    ContactJob,
+    InvalidJobMessage,
+    Refusal,
+    datetime_from_us,
+    iso_timestamp,
+)
 from contacts_ingest.jobs.messages import json_bytes
 from contacts_ingest.model.contact import (
     ContactInvalid,
@@ -91,6 +97,11 @@ def _failure(code: int, message: str, errors: list[FieldError] | None) -> dict[s
     if errors:
         error["errors"] = errors
     return error
+
+
+def _refused(refusal: Refusal) -> _Applied:
+    errors = [FieldError("body", refusal.message)] if refusal.code == 400 else None
+    return "failed", refusal.code, None, _failure(refusal.code, refusal.message, errors), None
 
 
 _KEYED_FIELDS = ("social_profiles", "custom_fields")
@@ -262,16 +273,19 @@ class ContactIngestor:
         """Apply the jobs in ``messages`` in one transaction, each exactly once.
 
         ``process`` for many jobs: one outcome per message, in order (None for a
-        message naming no job; a job delivered twice in one call gets its outcome
-        twice, the second time as replayed). Every job's writes and final status row
-        commit together, so a database error rolls all of them back and propagates.
-        Jobs are applied in the order they were accepted.
+        message naming no job; a job delivered twice in one call gets its outcome twice,
+        the second time as replayed). A ``ContactJob`` may stand for its message; one
+        with a ``refusal`` is not applied but fails with it. Every job's writes and final
+        status row commit together, so a database error rolls all of them back and
+        propagates. Jobs are applied in the order they were accepted.
         """
         jobs: dict[str, ContactJob] = {}
         order: list[str | None] = []
         for message in messages:
             try:
-                job = ContactJob.from_message(message)
+                job = (
+                    message if isinstance(message, ContactJob) else ContactJob.from_message(message)
+                )
             except InvalidJobMessage as exc:
                 log.error("dropping unreadable job message", extra={"reason": str(exc)})
                 order.append(None)
@@ -332,7 +346,8 @@ class ContactIngestor:
             (job for job in jobs.values() if job.job_id not in outcomes),
             key=lambda job: job.accepted_at_us,
         )
-        applied = self._apply_in_order(conn, pending, requests)
+        applied = self._apply_in_order(conn, [job for job in pending if not job.refusal], requests)
+        applied.update({job.job_id: _refused(job.refusal) for job in pending if job.refusal})
         rows: list[dict[str, Any]] = []
         for job in pending:
             status, code, result, error, contact_id = applied[job.job_id]

@@ -15,7 +15,13 @@ from typing import Literal
 import redis
 
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.job import ContactJob, Operation, operation_named
+from contacts_ingest.jobs.job import (
+    MAX_JOB_ID_CHARS,
+    ContactJob,
+    Operation,
+    Refusal,
+    operation_named,
+)
 from contacts_ingest.jobs.messages import CeleryMessages
 
 # How long an Idempotency-Key is remembered once its request was accepted.
@@ -194,6 +200,22 @@ class JobBoard:
         row instead.
         """
         return bool(self._watch(keys=[self.record_key(job_id)]))
+
+    def refused(self, job_id: str, refusal: Refusal) -> ContactJob | None:
+        """The pending job ``job_id``, rebuilt from its record, to fail with ``refusal``
+        (for a message that cannot be read); None if it has no record (it is final
+        already, or unknown)."""
+        record = self.pending(job_id) if 0 < len(job_id) <= MAX_JOB_ID_CHARS else None
+        if record is None or not record.get("user_id") or not record.get("accepted_at_us"):
+            return None
+        return ContactJob(
+            job_id=job_id,
+            user_id=record["user_id"],
+            operation=operation_named(record.get("operation", "")),
+            body=None,
+            accepted_at_us=int(record["accepted_at_us"]),
+            refusal=refusal,
+        )
 
     def pending(self, job_id: str) -> dict[str, str] | None:
         """The record of a job that is not final yet, or None."""

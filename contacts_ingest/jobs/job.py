@@ -44,6 +44,20 @@ class InvalidJobMessage(ValueError):
     """A message that does not even name a job and its user: it cannot be recorded."""
 
 
+# What a job fails with when the worker cannot read its message, or cannot apply it.
+UNREADABLE_MESSAGE = "The job's message could not be read"
+APPLY_FAILED_MESSAGE = "The job could not be applied"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A job's final failure decided before it is applied: code and message as the
+    job's ``error`` reports them."""
+
+    code: int
+    message: str
+
+
 @dataclass(frozen=True, slots=True)
 class ContactJob:
     """One create or upsert, as it travels from producer to worker."""
@@ -57,6 +71,8 @@ class ContactJob:
     request_id: str | None = None
     # A batch job's body is {"contacts": [...]}; each contact is created or upserted.
     batch: bool = False
+    # Set by the worker, never by a message: the job fails with this and is not applied.
+    refusal: Refusal | None = None
 
     def to_message(self) -> dict[str, Any]:
         message = {

@@ -121,6 +121,8 @@ def _normalize_email(value: object) -> str:
         raise PydanticCustomError("email", EMAIL_MESSAGE) from None
     if len(normalized) > EMAIL_MAX_CHARS:  # IDNA mapping can lengthen a domain ("ﬁ" -> "fi")
         raise PydanticCustomError("email", EMAIL_MESSAGE)
+    if len(normalized.casefold()) > EMAIL_MAX_CHARS:  # the stored key ("ΐ" folds to 3 chars)
+        raise PydanticCustomError("email", EMAIL_MESSAGE)
     return normalized
 
 

@@ -15,7 +15,7 @@ from contacts_ingest.infrastructure.schema import contact_jobs, contacts
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.ingestion.service import ContactIngestor, Outcome
 from contacts_ingest.jobs.board import JobBoard
-from contacts_ingest.jobs.job import ContactJob, Operation, new_job_id
+from contacts_ingest.jobs.job import ContactJob, Operation, Refusal, new_job_id
 from contacts_ingest.jobs.status import job_status, read_final_job
 from tests.conftest import CONTACT_FIELDS, unique
 
@@ -732,3 +732,50 @@ def test_creates_and_upserts_of_one_email_in_one_call_answer_as_one_after_anothe
     assert [o.code if o else None for o in outcomes] == [201, 200, 409, 201]
     contact = next(c for c in stored(engine, user) if c["email"] == "m@example.com")
     assert (contact["company"], contact["first_name"]) == ("U", "U2")
+
+
+def test_a_refused_job_fails_with_its_refusal_and_touches_nothing_beside_it(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    # What the worker does with a message it could not read: the job, rebuilt from its
+    # Redis record, fails with 400; its neighbours in the transaction are applied.
+    before = admitted(board, user, {"email": "before@example.com"})
+    unreadable = admitted(board, user, {"email": "never@example.com"}, upsert=True)
+    after = admitted(board, user, {"email": "after@example.com"})
+    message = "Request body must not nest more than 64 levels deep"
+    refused = board.refused(unreadable["job_id"], Refusal(400, message))
+    assert refused is not None
+    assert (refused.user_id, refused.operation) == (user, "upsert")
+    assert refused.accepted_at_us == unreadable["accepted_at_us"]
+
+    outcomes = ingestor.process_many([before, refused, after])
+    assert [(o.status, o.code) for o in outcomes if o] == [
+        ("succeeded", 201), ("failed", 400), ("succeeded", 201),
+    ]  # fmt: skip
+    assert sorted(c["email"] for c in stored(engine, user)) == [
+        "after@example.com", "before@example.com",
+    ]  # fmt: skip
+    status = job_status(board, partial(read_final_job, engine), refused.job_id, user)
+    assert status is not None
+    assert status["error"] == {
+        "code": 400, "message": message, "errors": [{"field": "body", "message": message}]
+    }  # fmt: skip
+    assert board.refused(refused.job_id, Refusal(400, message)) is None  # final: no record
+    # A redelivery finds the outcome recorded.
+    [again] = ingestor.process_many([refused])
+    assert again is not None
+    assert (again.replayed, again.code) == (True, 400)
+
+
+def test_a_job_failing_unexpectedly_is_recorded_failed_with_500_and_no_errors_list(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    message = admitted(board, user, {"email": "bug@example.com"})
+    job = replace(
+        ContactJob.from_message(message), refusal=Refusal(500, "The job could not be applied")
+    )
+    [outcome] = ingestor.process_many([job])
+    assert outcome is not None
+    assert (outcome.status, outcome.code) == ("failed", 500)
+    assert outcome.error == {"code": 500, "message": "The job could not be applied"}
+    assert stored(engine, user) == []

@@ -45,6 +45,19 @@ class Keys:
         return key in self._users
 
 
+class Broken:
+    """A collaborator with a bug: every call raises ``RuntimeError(text)``."""
+
+    def __init__(self, text: str = "a bug") -> None:
+        self._text = text
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(self._text)
+
+        return fail
+
+
 class AlicesWebhook:
     """Alice's two webhook endpoints (one creates, one upserts; one secret), verified as
     the real verifier does: the body is read only for her endpoints."""
@@ -179,6 +192,8 @@ def make_harness(
     auth_failures: int = 60,
     completions: Any = None,
     waits_per_user: int = 10,
+    keys: Any = None,
+    webhooks: Any = None,
 ) -> Harness:
     """An in-process gateway; with ``outcome`` (code, contact or message) every job is
     final at once with it, as if a worker had been instant (for ``Prefer: wait``)."""
@@ -205,11 +220,11 @@ def make_harness(
         else None
     )
     deps = GatewayDeps(
-        keys=Keys(KEYS),
+        keys=keys or Keys(KEYS),
         board=board,
         final_job=worker.final_job if worker else final_rows.get,  # type: ignore[arg-type]
         readiness={"redis": lambda: None, "postgres": (lambda: None) if ready else down},
-        webhooks=AlicesWebhook(),
+        webhooks=webhooks or AlicesWebhook(),
         completions=completions or worker,  # type: ignore[arg-type]
     )
     app = create_app(settings, deps)

@@ -251,3 +251,15 @@ def test_custom_fields_refuse_non_finite_numbers(number: float) -> None:
     assert errors_of({"email": EMAIL, "customFields": {"n": number}}) == [
         {"field": "customFields", "message": "customFields must hold only finite numbers"}
     ]
+
+
+def test_an_email_whose_case_folded_key_outgrows_254_characters_is_rejected() -> None:
+    # Valid and 137 characters long, but "ΐ" case-folds to three characters: the key
+    # contacts are unique on would be 265, more than the database column holds.
+    email = "\u0390" * 64 + "@" + "a" * 60 + ".example.com"
+    assert (len(email), len(email.casefold())) == (137, 265)
+    assert errors_of({"email": email}) == [
+        {"field": "email", "message": "A valid email is required"}
+    ]
+    fits = "\u0390" * 60 + "@" + "a" * 50 + ".example.com"  # folds to 243
+    assert accepted({"email": fits}).email_key == fits.casefold()

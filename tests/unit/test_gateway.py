@@ -305,3 +305,58 @@ def test_metrics_count_answers_by_route_and_code_and_the_rate_limited(gw: Harnes
         assert grew == more
     assert sample(after.text, "contacts_gateway_rate_limited_total", quota="writes") >= 1
     assert "contacts_gateway_request_duration_seconds_bucket" in after.text
+
+
+def _nested(levels: int) -> bytes:
+    return b'{"email": "bob@example.com", "x": ' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+
+@pytest.mark.parametrize("route", ["/io/contacts/contacts", "/io/contacts/contacts/batch"])
+def test_a_body_nested_past_64_levels_is_a_400_that_names_the_limit(
+    gw: Harness, route: str
+) -> None:
+    def post(body: bytes) -> Any:
+        if route.endswith("batch"):
+            body = b'{"contacts": [' + body + b"]}"
+        return gw.client.simulate_post(route, body=body, headers={**ALICE, **JSON})
+
+    depth_of_wrapping = 2 if route.endswith("batch") else 0
+    assert post(_nested(64 - depth_of_wrapping)).status_code == 202
+    for levels in (65, 1000, 3000):
+        refused = post(_nested(levels - depth_of_wrapping))
+        assert refused.status_code == 400
+        assert refused.json["error"] == "Request body must not nest more than 64 levels deep"
+    assert len(gw.published) == 1
+
+
+def test_integers_beyond_64_bits_are_enqueued_exactly_and_overlong_ones_refused(
+    gw: Harness,
+) -> None:
+    def post(number: bytes) -> Any:
+        raw = b'{"email": "bob@example.com", "customFields": {"n": ' + number + b"}}"
+        return gw.client.simulate_post("/io/contacts/contacts", body=raw, headers={**ALICE, **JSON})
+
+    for number in (b"1" + b"0" * 30, b"-" + b"9" * 400):
+        assert post(number).status_code == 202
+    assert [job.body["customFields"]["n"] for job in gw.published] == [10**30, -int("9" * 400)]  # type: ignore[index]
+    refused = post(b"1" * 4301)
+    assert refused.status_code == 400
+    assert refused.json["errors"] == [
+        {
+            "field": "body",
+            "message": "Request body must not contain integers of more than 4300 digits",
+        }
+    ]
+
+
+def test_an_idempotency_key_tells_bodies_apart_by_their_exact_integers(gw: Harness) -> None:
+    def post(number: bytes) -> Any:
+        raw = b'{"email": "bob@example.com", "customFields": {"n": ' + number + b"}}"
+        headers = {**ALICE, **JSON, "Idempotency-Key": "big-1"}
+        return gw.client.simulate_post("/io/contacts/contacts", body=raw, headers=headers)
+
+    first = post(b"100000000000000000000000000001")
+    assert first.status_code == 202
+    assert post(b"100000000000000000000000000001").headers["Idempotent-Replayed"] == "true"
+    # As floats the two would be the same number.
+    assert post(b"100000000000000000000000000002").status_code == 422

@@ -15,7 +15,16 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from tests.conftest import REQUEST_FIELDS
-from tests.unit.harness import ALICE, BOB, JSON, WEBHOOK_ENDPOINT, Harness, make_harness, signed
+from tests.unit.harness import (
+    ALICE,
+    BOB,
+    JSON,
+    WEBHOOK_ENDPOINT,
+    Broken,
+    Harness,
+    make_harness,
+    signed,
+)
 
 # Answered by the HTTP server (granian) before the app sees the request; the
 # end-to-end hostile-input test covers it.
@@ -139,6 +148,9 @@ WEBHOOK_SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
             -1
         ]
     )(make_harness(limit=1)),
+    ("post", HOOK, "500"): lambda: _deliver(
+        make_harness(webhooks=Broken()), b'{"email": "a@example.com"}'
+    ),
     ("post", HOOK, "503"): lambda: _deliver(
         _redis_down(make_harness()), b'{"email": "a@example.com"}'
     ),
@@ -182,6 +194,7 @@ BATCH_SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
     ("post", BATCH, "429"): lambda: (lambda gw: [_batch(gw) for _ in range(2)][-1])(
         make_harness(batch_limit=1)
     ),
+    ("post", BATCH, "500"): lambda: _batch(make_harness(keys=Broken())),
     ("post", BATCH, "503"): lambda: _batch(_redis_down(make_harness())),
 }
 
@@ -209,6 +222,11 @@ SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
     ("post", "/io/contacts/contacts", "429"): lambda: (
         lambda gw: [_post(gw, {"email": "a@example.com"}) for _ in range(2)][-1]
     )(make_harness(limit=1)),
+    ("post", "/io/contacts/contacts", "500"): lambda: _post(
+        make_harness(outcome=(500, "The job could not be applied")),
+        {"email": "bob@example.com"},
+        headers={**ALICE, **JSON, **WAIT},
+    ),
     ("post", "/io/contacts/contacts", "503"): lambda: _post(
         _redis_down(make_harness()), {"email": "a@example.com"}
     ),

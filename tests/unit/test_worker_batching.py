@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
+import fakeredis
 import pytest
 from sqlalchemy.exc import OperationalError
 
 import worker.tasks as tasks
+from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.ingestion.service import Outcome
-from worker.batching import BatchTask
+from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.job import ContactJob, Refusal
+from contacts_ingest.jobs.messages import CeleryMessages
+from worker.batching import BatchTask, Unreadable
 
 
 class FakeQoS:
@@ -247,3 +253,161 @@ def test_an_unexpected_error_isolates_the_job_that_causes_it(
     use(monkeypatch, fake)
     assert tasks.apply_jobs(["a", "bad", "c"]) == []  # the bad one is logged, not retried
     assert fake.calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
+
+
+class RawMessage(FakeMessage):
+    """A message whose body is the given text, whatever it holds."""
+
+    def __init__(self, body: str, settled: Settled, task_id: str | None = "job_raw") -> None:
+        super().__init__(None, settled)
+        self.body = body
+        self.job = body[:20]
+        self.headers = {"id": task_id} if task_id else {}
+
+
+class Shallow(Batched):
+    max_depth = 10
+
+
+def nested_job(levels: int) -> Any:
+    job: Any = []
+    for _ in range(levels - 1):
+        job = [job]
+    return job
+
+
+def test_a_message_nested_past_the_tasks_limit_goes_to_the_pool_undecoded(
+    pool: FakePool,
+) -> None:
+    consumer = type("Consumer", (), {"pool": pool, "connection_errors": ()})()
+    task = Shallow()
+    handler = task.Strategy(task, None, consumer)
+    settled = Settled()
+    # The job sits two levels down its message: 8 levels of its own make 10.
+    settled.deliver(handler, nested_job(8))
+    settled.deliver(handler, nested_job(9))
+    assert pool.running[0][0] == [nested_job(8)]
+    assert pool.running[1][0] == [Unreadable(None, "too deep")]
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("[" * 5000 + "]" * 5000, "too deep"),  # past what the JSON decoder can recurse
+        ("[[], {}, {}]", "unreadable"),  # no job in it
+        ('[[], {"job": ', "unreadable"),  # not JSON
+        ('"just a string"', "unreadable"),
+    ],
+)
+def test_a_message_that_cannot_be_read_stands_in_as_unreadable_with_its_task_id(
+    pool: FakePool, handler: Callable[..., None], body: str, problem: str
+) -> None:
+    settled = Settled()
+    handler(RawMessage(body, settled), None, None, None, set())
+    settled.deliver(handler, "next")
+    assert [jobs for jobs, *_ in pool.running] == [[Unreadable("job_raw", problem)], ["next"]]
+
+
+def test_a_job_the_pool_cannot_take_goes_alone_as_unreadable_and_its_neighbours_go_on() -> None:
+    class Picky(FakePool):
+        def apply_async(
+            self,
+            target: Any,
+            args: tuple[str, list[Any]],
+            callback: Callable[[Any], None],
+            error_callback: Callable[[Any], None],
+            **_: Any,
+        ) -> None:
+            if "unpicklable" in args[1]:
+                raise RecursionError("maximum recursion depth exceeded while pickling")
+            super().apply_async(target, args, callback, error_callback)
+
+    picky = Picky()
+    consumer = type("Consumer", (), {"pool": picky, "connection_errors": ()})()
+    task = Batched()
+    handler = task.Strategy(task, None, consumer)
+    settled = Settled()
+    for job in ["a", "b", "c", "unpicklable", "d"]:
+        settled.deliver(handler, job)
+    assert [jobs for jobs, *_ in picky.running] == [["a"], ["b"]]
+    picky.finish()
+    picky.finish()
+    # "c", "unpicklable", "d" went together and failed: each now goes alone.
+    assert [jobs for jobs, *_ in picky.running] == [["c"], [Unreadable(None, "unreadable")]]
+    picky.finish()
+    assert [jobs for jobs, *_ in picky.running] == [[Unreadable(None, "unreadable")], ["d"]]
+
+
+@pytest.fixture
+def fake_board(monkeypatch: pytest.MonkeyPatch) -> JobBoard:
+    board = JobBoard(
+        fakeredis.FakeRedis(),
+        CeleryMessages(Settings(redis_key_prefix="t:")),
+        key_prefix="t:",
+        record_ttl_seconds=60,
+    )
+    monkeypatch.setattr(tasks, "board", lambda: board)
+    return board
+
+
+def pending_job(board: JobBoard, job_id: str) -> int:
+    job = ContactJob(job_id, "u1", "upsert", {"email": "a@example.com"}, 0)
+    admission = board.admit(user_id="u1", member=job_id, job=job, limit=None)
+    return admission.accepted_at_us
+
+
+def test_an_unreadable_message_of_a_pending_job_fails_it_with_400(
+    monkeypatch: pytest.MonkeyPatch, fake_board: JobBoard
+) -> None:
+    fake = FakeIngestor()
+    use(monkeypatch, fake)
+    accepted = pending_job(fake_board, "job_deep")
+    pending_job(fake_board, "job_garbled")
+    jobs = [
+        Unreadable("job_deep", "too deep"),
+        "a",
+        Unreadable("job_garbled", "unreadable"),
+        {"job_id": "job_garbled", "user_id": 7},  # names its job, but not readably
+    ]
+    assert tasks.apply_jobs(jobs) == []
+    deep, plain, garbled, named = fake.calls[0]
+    assert deep == ContactJob(
+        "job_deep", "u1", "upsert", None, accepted,
+        refusal=Refusal(400, "Request body must not nest more than 64 levels deep"),
+    )  # fmt: skip
+    assert plain == "a"
+    assert garbled.refusal == named.refusal == Refusal(400, "The job's message could not be read")
+
+
+def test_an_unreadable_message_that_names_no_pending_job_is_dropped(
+    monkeypatch: pytest.MonkeyPatch, fake_board: JobBoard, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeIngestor()
+    use(monkeypatch, fake)
+    assert tasks.apply_jobs([Unreadable(None, "unreadable"), Unreadable("job_x", "too deep")]) == []
+    assert fake.calls == []  # acknowledged: nothing to record
+    assert caplog.text.count("dropping a message that names no pending job") == 2
+
+
+@pytest.mark.usefixtures("no_sleep", "fake_board")
+def test_a_job_that_fails_unexpectedly_alone_is_recorded_as_failed_with_500(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = ContactJob("job_bug", "u1", "create", {"email": "a@example.com"}, 1).to_message()
+    fake = FakeIngestor(ValueError("a bug"))
+    use(monkeypatch, fake)
+    assert tasks.apply_jobs([job]) == []
+    first, second = fake.calls
+    assert first == [job]
+    assert second == [
+        replace(ContactJob.from_message(job), refusal=Refusal(500, "The job could not be applied"))
+    ]
+
+
+@pytest.mark.usefixtures("no_sleep", "fake_board")
+def test_a_job_whose_failure_cannot_be_recorded_now_is_handed_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = ContactJob("job_bug", "u1", "create", {"email": "a@example.com"}, 1).to_message()
+    use(monkeypatch, FakeIngestor(ValueError("a bug"), transient()))
+    assert tasks.apply_jobs([job]) == [0]
