@@ -15,6 +15,7 @@ from contacts_ingest.infrastructure.logs import configure_logging, describe_exce
 from contacts_ingest.infrastructure.settings import Settings
 
 if TYPE_CHECKING:
+    from contacts_ingest.access.callback_targets import CallbackTarget
     from contacts_ingest.commands.importer import Summary
     from contacts_ingest.jobs.job import Operation
     from contacts_ingest.producer import ContactProducer
@@ -203,19 +204,61 @@ def keys() -> None:
     """Create, revoke and list API keys."""
 
 
+def _respond_mode(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from contacts_ingest.infrastructure.settings import parse_respond_mode
+
+    try:
+        return None if value is None else parse_respond_mode(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _callback_target(url: str | None) -> CallbackTarget | None:
+    """A target with a fresh signing secret for ``url``, if CALLBACK_ALLOWED_HOSTS allows
+    its origin; otherwise a usage error (exit status 2) saying why."""
+    from contacts_ingest.access.callback_targets import CallbackRefused, new_callback_target
+
+    if url is None:
+        return None
+    try:
+        return new_callback_target(url, _settings().callback_origins)
+    except CallbackRefused as exc:
+        raise click.BadParameter(str(exc), param_hint="--callback-url") from None
+
+
+_CALLBACK_HELP = (
+    "POST the outcome of each of its jobs here once final, signed (Standard Webhooks);"
+    " its origin must be in CALLBACK_ALLOWED_HOSTS. The signing secret is printed on a"
+    " second line, only here."
+)
+
+
 @keys.command("create")
 @click.option("--user", "user_id", required=True, help="The user the key acts for.")
-def keys_create(user_id: str) -> None:
+@click.option(
+    "--respond",
+    default=None,
+    callback=_respond_mode,
+    metavar="async|wait|wait=N",
+    help="How its writes are answered: async (202 at once), or wait (5 s) / wait=N (N up"
+    " to 10) for the outcome as the reference API answers (201/200 or 409/400), 202 if"
+    " not final by then. Default: RESPOND_DEFAULT.",
+)
+@click.option("--callback-url", default=None, help=_CALLBACK_HELP)
+def keys_create(user_id: str, respond: int | None, callback_url: str | None) -> None:
     """Create a key and print it (only it) on stdout. It is not shown again."""
     from contacts_ingest.access.keys import create_key
     from contacts_ingest.infrastructure.database import make_engine
 
+    callback = _callback_target(callback_url)
     engine = make_engine(_settings().database_url, pool_size=1)
     try:
-        key_id, key = create_key(engine, user_id)
+        key_id, key = create_key(engine, user_id, respond_wait_seconds=respond, callback=callback)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--user") from exc
     click.echo(key)
+    if callback is not None:
+        click.echo(callback.secret)
     click.echo(f"created {key_id} for user {user_id}", err=True)
 
 
@@ -234,13 +277,21 @@ def keys_revoke(key_or_id: str) -> None:
 @keys.command("list")
 @click.option("--user", "user_id", default=None, help="Only this user's keys.")
 def keys_list(user_id: str | None) -> None:
-    """List keys (ids, users, dates; never the keys themselves)."""
+    """List keys: ids, users, dates, response mode, callback URL (never the keys)."""
     from contacts_ingest.access.keys import list_keys
     from contacts_ingest.infrastructure.database import make_engine
+    from contacts_ingest.infrastructure.settings import respond_mode_text
 
-    for info in list_keys(make_engine(_settings().database_url, pool_size=1), user_id):
+    settings = _settings()
+    default = f"{respond_mode_text(settings.respond_default_wait)} (RESPOND_DEFAULT)"
+    for info in list_keys(make_engine(settings.database_url, pool_size=1), user_id):
         revoked = info.revoked_at.isoformat() if info.revoked_at else "-"
-        click.echo(f"{info.key_id}\t{info.user_id}\t{info.created_at.isoformat()}\t{revoked}")
+        wait = info.respond_wait_seconds
+        mode = default if wait is None else respond_mode_text(wait)
+        click.echo(
+            f"{info.key_id}\t{info.user_id}\t{info.created_at.isoformat()}\t{revoked}"
+            f"\t{mode}\t{info.callback_url or '-'}"
+        )
 
 
 @main.command("import")
@@ -352,19 +403,26 @@ def webhooks() -> None:
     help="Every delivery upserts (default: creates, 409 if the contact exists). Fixed for"
     " the endpoint's life; nothing in the URL changes it.",
 )
-def webhooks_create(user_id: str, upsert: bool) -> None:
+@click.option("--callback-url", default=None, help=_CALLBACK_HELP)
+def webhooks_create(user_id: str, upsert: bool, callback_url: str | None) -> None:
     """Create an endpoint; print its path and signing secret (shown only here)."""
     from contacts_ingest.access.webhooks import create_endpoint
     from contacts_ingest.infrastructure.database import make_engine
 
     operation: Operation = "upsert" if upsert else "create"
+    callback = _callback_target(callback_url)
     try:
         endpoint_id, secret = create_endpoint(
-            make_engine(_settings().database_url, pool_size=1), user_id, operation
+            make_engine(_settings().database_url, pool_size=1),
+            user_id,
+            operation,
+            callback=callback,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--user") from exc
     click.echo(f"/io/contacts/webhooks/{endpoint_id}\t{secret}")
+    if callback is not None:
+        click.echo(callback.secret)
     click.echo(f"created {endpoint_id} for user {user_id}: its deliveries {operation}", err=True)
 
 
