@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -180,6 +181,8 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
     from celery.bin.celery import celery as celery_command
     from click.exceptions import Exit
 
+    # Callbacks go out from a process of their own, so they never hold back ingestion.
+    sender = _CallbackSenderProcess() if settings.callback_origins else None
     # The Celery app is named, as granian is given the gateway's: the core imports no edge.
     try:
         celery_command.main(
@@ -197,6 +200,41 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
         )
     except Exit as exc:
         raise SystemExit(exc.exit_code) from None
+    finally:
+        if sender is not None:
+            sender.stop()
+
+
+class _CallbackSenderProcess:
+    """``python -m contacts_ingest.callbacks`` beside the worker, started again if it
+    dies, stopped (its attempts in progress finished) when the worker stops."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._stopping = threading.Event()
+        self._process = self._start()
+        threading.Thread(target=self._watch, name="callback-sender", daemon=True).start()
+
+    @staticmethod
+    def _start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "contacts_ingest.callbacks"])
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            code = self._process.wait()
+            if self._stopping.wait(1):
+                return
+            logging.getLogger(__name__).error("callback sender exited (%s); restarting", code)
+            self._process = self._start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
 
 
 @main.group()
