@@ -15,6 +15,8 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 def origin_of(url: str) -> str:
     """The origin of an http(s) ``url``, normalised; ValueError saying what is wrong."""
+    if any(ord(c) <= 32 or ord(c) == 127 for c in url.strip()):
+        raise ValueError(f"{url!r} must not contain spaces or control characters")
     try:
         parts = urlsplit(url.strip())
         port = parts.port

@@ -46,6 +46,8 @@ def test_an_origin_is_written_one_way(url: str, origin: str) -> None:
         "https:///path",
         "hooks.example.com/x",
         "http://hooks.example.com:99999/",
+        "https://hooks.example.com/a b",
+        "https://hooks.example.com/a\r\nHost: evil",
     ],
 )
 def test_a_url_that_is_no_plain_http_origin_is_refused(url: str) -> None:
