@@ -28,6 +28,7 @@ from contacts_ingest.jobs.callbacks import CallbackRoute
 from contacts_ingest.jobs.job import ContactJob, Operation, new_job_id
 from contacts_ingest.jobs.status import (
     FINAL_STATUSES,
+    LATEST_US,
     PENDING_STATUSES,
     FinalJobLister,
     FinalJobReader,
@@ -543,7 +544,9 @@ def _listing_query(req: falcon.Request) -> dict[str, Any]:
         try:
             if not _RFC3339.match(since):
                 raise ValueError(since)
-            query["since_us"] = us_from_datetime(datetime.fromisoformat(since.upper()))
+            since_us = us_from_datetime(datetime.fromisoformat(since.upper()))
+            # Every job was accepted after 1970; none after the year 9999.
+            query["since_us"] = min(since_us, LATEST_US) if since_us > 0 else None
         except (ValueError, OverflowError):
             bad.append("since")
     if limit is not None:

@@ -36,6 +36,10 @@ def us_from_datetime(moment: datetime) -> int:
     return (moment - _EPOCH) // _MICROSECOND
 
 
+# The latest acceptance time a listing bound may name (datetimes end at year 9999).
+LATEST_US = us_from_datetime(datetime(9999, 1, 1, tzinfo=UTC))
+
+
 class FinalJobLister(Protocol):
     def __call__(
         self,
@@ -158,6 +162,8 @@ def decode_cursor(cursor: str) -> Position:
         raise ValueError("not a cursor") from None
     moment, _, job_id = text.partition(".")
     if not (moment.isdigit() and len(moment) <= 19 and _JOB_ID_SHAPE.match(job_id)):
+        raise ValueError("not a cursor")
+    if int(moment) > LATEST_US:
         raise ValueError("not a cursor")
     return int(moment), job_id
 

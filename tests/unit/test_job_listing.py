@@ -115,6 +115,17 @@ def test_since_keeps_only_jobs_accepted_at_or_after_it() -> None:
     assert cutoff.json["data"]["job_id"] in listed
 
 
+@pytest.mark.parametrize(
+    "since", ["0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59", "1969-12-31T23:59:59Z"]
+)
+def test_a_since_at_the_ends_of_time_is_answered(since: str) -> None:
+    gw = make_harness()
+    _finish(gw, _post(gw))
+    answer = gw.client.simulate_get("/io/contacts/jobs", params={"since": since}, headers=ALICE)
+    assert answer.status_code == 200
+    assert len(answer.json["data"]) == (0 if since.startswith("9999") else 1)
+
+
 def test_another_users_jobs_never_appear() -> None:
     gw = make_harness()
     _post(gw)
@@ -135,6 +146,7 @@ def test_another_users_jobs_never_appear() -> None:
         ({"since": "2026-06-11T12:00:00 02:00"}, "since"),  # a + sent unencoded
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"cursor": "MTIzLmpvYl8x" + "!"}, "cursor"),
+        ({"cursor": "OTk5OTk5OTk5OTk5OTk5OTk5OS5qb2JfMQ"}, "cursor"),  # 19 nines: too late
     ],
 )
 def test_a_bad_parameter_is_a_400_naming_it(params: dict[str, str], field: str) -> None:
