@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Integer,
+    Row,
     RowMapping,
     Table,
     Text,
@@ -238,24 +239,20 @@ class _Item:
     index: int  # in its batch; 0 for a single job
     request: ContactRequest | ContactInvalid
     changes: Changes
+    key: Key  # of a valid request; ("", "") otherwise
 
     @property
     def accepted_at_us(self) -> int:
         # Items of a batch count as accepted one microsecond apart, in order.
         return self.job.accepted_at_us + self.index
 
-    @property
-    def key(self) -> Key:
-        assert isinstance(self.request, ContactRequest)
-        return (self.job.user_id, self.request.email_key)
-
 
 def _item(job: ContactJob, index: int, body: object) -> _Item:
     try:
         request = parse_contact(body)
     except ContactInvalid as invalid:
-        return _Item(job, index, invalid, {})
-    return _Item(job, index, request, changes_of(request))
+        return _Item(job, index, invalid, {}, ("", ""))
+    return _Item(job, index, request, changes_of(request), (job.user_id, request.email_key))
 
 
 def _items_of(job: ContactJob) -> list[_Item] | ContactInvalid:
@@ -278,11 +275,11 @@ class _Contact:
     new: bool
     # Upserts that changed it in this transaction (its version grows by as many).
     writes: int = 0
-    # What PostgreSQL filled in when writing it (timestamps, defaults); empty until then.
-    written: dict[str, Any] = field(default_factory=dict)
+    # What PostgreSQL filled in when writing it (timestamps, defaults); None until then.
+    written: RowMapping | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _ItemResult:
     """What one item did: its code, and the contact as it left it, or why it failed."""
 
@@ -300,6 +297,7 @@ class _ItemResult:
         assert self.contact is not None
         assert self.columns is not None
         if self.wrote:
+            assert self.contact.written is not None
             return contact_document({**self.columns, **self.contact.written})
         return contact_document(self.columns)
 
@@ -354,13 +352,10 @@ class _InMemory:
 
     def _made_by(self, item: _Item, key: Key) -> _Contact:
         n, self._made = self._made, self._made + 1
-        columns = {
-            "id": "cnt_" + self._ids[24 * n : 24 * (n + 1)],
-            "user_id": key[0],
-            "email_key": key[1],
-            **new_contact(item.changes, item.accepted_at_us),
-            "version": 1,
-        }
+        columns = new_contact(item.changes, item.accepted_at_us)
+        columns["id"] = "cnt_" + self._ids[24 * n : 24 * (n + 1)]
+        columns["user_id"], columns["email_key"] = key
+        columns["version"] = 1
         return _Contact(columns, new=True)
 
 
@@ -529,11 +524,11 @@ class ContactIngestor:
             key=lambda pair: pair[0],
         )
         if new:
-            inserted = {row["id"]: row for row in self._insert_new(conn, [c for _, c in new])}
+            inserted = {row.id: row for row in self._insert_new(conn, [c for _, c in new])}
             for key, contact in new:
                 filled = inserted.get(contact.columns["id"])
                 if filled is not None:
-                    contact.written = dict(filled)
+                    contact.written = filled._mapping
                 elif key in upserted:
                     raise _CreatedMeanwhile
         changed = [c for c in memory.contacts.values() if not c.new and c.writes]
@@ -543,22 +538,22 @@ class ContactIngestor:
                 for c in changed
             ]
             updated = conn.execute(_UPDATE_CONTACTS, {"rows": json_bytes(rows).decode()})
-            stamps = {row["id"]: row["updated_at"] for row in updated.mappings()}
+            stamps = {row.id: row._mapping for row in updated}
             for contact in changed:
-                contact.written = {"updated_at": stamps[contact.columns["id"]]}
+                contact.written = stamps[contact.columns["id"]]
         # A new contact the insert left out was created by a create of an email that no
         # upsert names, and another transaction stored that email first.
         return [
-            _DUPLICATE if r.contact is not None and r.contact.new and not r.contact.written else r
+            _DUPLICATE if r.contact and r.contact.new and r.contact.written is None else r
             for r in results
         ]
 
-    def _insert_new(self, conn: Connection, new: list[_Contact]) -> list[RowMapping]:
+    def _insert_new(self, conn: Connection, new: list[_Contact]) -> Sequence[Row[Any]]:
         """Insert ``new`` contacts in one statement, in the order given; return the rows
         inserted (id, and what PostgreSQL filled in). One whose email another
         transaction has stored is left out."""
-        rows = [{name: c.columns[name] for name in _NEW_CONTACT_TYPES} for c in new]
-        return list(conn.execute(_INSERT_CONTACTS, _rows_parameter(rows)).mappings())
+        # A new contact's columns are exactly those the insert takes.
+        return conn.execute(_INSERT_CONTACTS, _rows_parameter([c.columns for c in new])).all()
 
 
 def _single_outcome(job: ContactJob, result: _ItemResult) -> Outcome:

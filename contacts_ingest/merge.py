@@ -57,7 +57,8 @@ def new_contact(changes: Changes, accepted_at_us: int) -> dict[str, Any]:
     contact: dict[str, Any] = dict.fromkeys(CONTACT_COLUMNS)
     contact.update(changes)
     for field in KEYED_FIELDS:
-        contact[field] = {k: v for k, v in (changes.get(field) or {}).items() if v is not None}
+        value = changes.get(field)
+        contact[field] = {k: v for k, v in value.items() if v is not None} if value else {}
     if contact["status"] is None:
         contact["status"] = DEFAULT_STATUS
     contact["field_versions"] = _versions_of(changes, accepted_at_us)
