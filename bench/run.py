@@ -43,6 +43,7 @@ GRANIAN = str(Path(sys.executable).parent / "granian")
 WRK_SCRIPT = str(ROOT / "bench" / "wrk_post_contacts.lua")
 
 sys.path.insert(0, str(ROOT))
+from bench import upserts  # noqa: E402
 from contacts_ingest.devserver import free_port  # noqa: E402
 from contacts_ingest.migrate import upgrade  # noqa: E402
 from contacts_ingest.producer import ContactProducer  # noqa: E402
@@ -454,6 +455,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
         ),
         ("Redis bytes per queued job", f"{w['redis_bytes_per_queued_job']:,}", "", "≤ 2 KiB"),
     ]
+    rows += upserts.table_rows(results)
     lines = [
         f"Measured {results['date']} on {results['machine']} ({results['mode']} run).",
         "",
@@ -503,6 +505,7 @@ def worker_only(profile: Profile) -> int:
     sampler = RssSampler()
     try:
         figures = bench_worker(stack, profile, sampler)
+        figures["upserts"] = upserts.bench_upsert_drain(stack, profile, sampler, drain_rate)
     finally:
         sampler.close()
         stack.close()
@@ -540,6 +543,7 @@ def main() -> int:
         results["gateway"] = bench_gateway(stack, profile, sampler)
         print("worker drain ...", flush=True)
         results["worker"] = bench_worker(stack, profile, sampler)
+        results["upserts"] = upserts.measure(stack, profile, sampler, drain_rate, quick=args.quick)
         print("naive baseline ...", flush=True)
         results["naive"] = bench_naive(stack, profile)
         print("persistence floor ...", flush=True)
