@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -65,6 +66,9 @@ log = logging.getLogger(__name__)
 
 DUPLICATE_MESSAGE = "A contact with this email already exists"
 
+# The contacts a transaction writes share one updated_at (its start): format it once.
+_timestamp = lru_cache(maxsize=1024)(iso_timestamp)
+
 
 def contact_document(row: Mapping[str, Any]) -> dict[str, Any]:
     """A stored contact in the API's response shape (the reference's fields, then ours)."""
@@ -79,11 +83,11 @@ def contact_document(row: Mapping[str, Any]) -> dict[str, Any]:
         "social_profiles": row["social_profiles"],
         "status": row["status"],
         "lead_score": row["lead_score"],
-        "created_at": iso_timestamp(row["created_at"]),
+        "created_at": _timestamp(row["created_at"]),
         "custom_fields": row["custom_fields"],
         "source": row["source"],
         "workspace_id": row["workspace_id"],
-        "updated_at": iso_timestamp(row["updated_at"]),
+        "updated_at": _timestamp(row["updated_at"]),
     }
 
 
@@ -137,14 +141,15 @@ class Outcome:
 # new text for every size), and the values need no per-element quoting in Python.
 
 
-def _recordset(name: str, parameter: str, columns: Mapping[str, TypeEngine[Any]]) -> Any:
+def _recordset(
+    name: str, parameter: str, columns: Mapping[str, TypeEngine[Any]]
+) -> TableValuedAlias:
     """``json_to_recordset(CAST(:parameter AS JSON)) AS name(<column> <type>, ...)``."""
-    recordset: TableValuedAlias = (
+    return (
         func.json_to_recordset(cast(bindparam(parameter), JSON))
         .table_valued(*(column(key, kind) for key, kind in columns.items()))
         .render_derived(name=name, with_types=True)
     )
-    return recordset
 
 
 def _recordset_insert(
@@ -512,8 +517,8 @@ class ContactIngestor:
         if upserted:
             keys = [{"user_id": user_id, "email_key": key} for user_id, key in upserted]
             locked = conn.execute(_LOCK_CONTACTS, {"keys": json_bytes(keys).decode()})
-            for row in locked.mappings():
-                found[(row["user_id"], row["email_key"])] = _Contact(dict(row), new=False)
+            for row in locked:
+                found[(row.user_id, row.email_key)] = _Contact(row._asdict(), new=False)
         memory = _InMemory(found, len(items))
         results = [memory.apply(item) for item in items]
 

@@ -1045,3 +1045,20 @@ def test_each_statement_is_prepared_once_whatever_the_number_of_jobs(
         "INSERT INTO contact_jobs",
     ):
         assert sum(fragment in statement for statement in statements) == 1, fragment
+
+
+def test_an_upsert_keeps_stored_values_beyond_64_bit_integers(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    big = 12345678901234567890123456789
+    run(ingestor, admitted(board, user, {"email": "big@example.com", "customFields": {"n": big}}))
+    outcome = run(
+        ingestor,
+        admitted(
+            board, user, {"email": "big@example.com", "customFields": {"m": 1.5}}, upsert=True
+        ),
+    )
+    assert outcome.result is not None
+    assert outcome.result["data"]["custom_fields"] == {"n": big, "m": 1.5}
+    [row] = stored(engine, user)
+    assert row["custom_fields"] == {"n": big, "m": 1.5}
