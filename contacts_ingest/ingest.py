@@ -281,10 +281,10 @@ class _Contact:
     # Upserts that changed it in this transaction (its version grows by as many).
     writes: int = 0
     # What PostgreSQL filled in when writing it (timestamps, defaults); None until then.
-    written: RowMapping | None = None
+    written: Row[Any] | None = None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _ItemResult:
     """What one item did: its code, and the contact as it left it, or why it failed."""
 
@@ -303,7 +303,7 @@ class _ItemResult:
         assert self.columns is not None
         if self.wrote:
             assert self.contact.written is not None
-            return contact_document({**self.columns, **self.contact.written})
+            return contact_document({**self.columns, **self.contact.written._mapping})
         return contact_document(self.columns)
 
 
@@ -524,17 +524,14 @@ class ContactIngestor:
 
         # Inserted in one order whatever the jobs' order: two transactions inserting
         # the same emails wait on each other in that order, never in a cycle.
-        new = sorted(
-            ((key, contact) for key, contact in memory.contacts.items() if contact.new),
-            key=lambda pair: pair[0],
-        )
+        made = memory.contacts
+        new = sorted(key for key, contact in made.items() if contact.new)
         if new:
-            inserted = {row.id: row for row in self._insert_new(conn, [c for _, c in new])}
-            for key, contact in new:
-                filled = inserted.get(contact.columns["id"])
-                if filled is not None:
-                    contact.written = filled._mapping
-                elif key in upserted:
+            inserted = {row.id: row for row in self._insert_new(conn, [made[k] for k in new])}
+            for key in new:
+                contact = made[key]
+                contact.written = inserted.get(contact.columns["id"])
+                if contact.written is None and key in upserted:
                     raise _CreatedMeanwhile
         changed = [c for c in memory.contacts.values() if not c.new and c.writes]
         if changed:
@@ -543,7 +540,7 @@ class ContactIngestor:
                 for c in changed
             ]
             updated = conn.execute(_UPDATE_CONTACTS, {"rows": json_bytes(rows).decode()})
-            stamps = {row.id: row._mapping for row in updated}
+            stamps = {row.id: row for row in updated}
             for contact in changed:
                 contact.written = stamps[contact.columns["id"]]
         # A new contact the insert left out was created by a create of an email that no
