@@ -188,7 +188,7 @@ _INSERT_CONTACTS = (
         contacts, _NEW_CONTACT_TYPES, {"created_at": func.now(), "updated_at": func.now()}
     )
     .on_conflict_do_nothing(index_elements=["user_id", "email_key"])
-    .returning(contacts.c.id, contacts.c.lead_score, contacts.c.created_at, contacts.c.updated_at)
+    .returning(contacts.c.id, contacts.c.lead_score)
 )
 
 # Contacts changed by upserts: each row is the contact's whole new state.
@@ -197,7 +197,6 @@ _UPDATE_CONTACTS = (
     update(contacts)
     .where(contacts.c.id == _CHANGED.c.id)
     .values({**{name: _CHANGED.c[name] for name in _CONTACT_TYPES}, "updated_at": func.now()})
-    .returning(contacts.c.id, contacts.c.updated_at)
 )
 
 # Locks and reads the contacts of some (user id, email key) pairs, in one fixed order.
@@ -225,10 +224,11 @@ _INSERT_STATUS_ROWS = _recordset_insert(
 )
 
 _JOB_IDS = cast(bindparam("job_ids"), ARRAY(Text))
-# Takes every job id's transaction-scoped advisory lock, in one fixed order.
+# Takes every job id's transaction-scoped advisory lock, in one fixed order; each row
+# also says now(), the time every write of the transaction stamps.
 _LOCK_KEY = func.hashtextextended(func.unnest(_JOB_IDS).column_valued("j"), literal_column("0"))
 _LOCKS = select(_LOCK_KEY.label("k")).distinct().order_by("k").subquery("locks")
-_LOCK_JOBS = select(func.pg_advisory_xact_lock(_LOCKS.c.k))
+_LOCK_JOBS = select(func.pg_advisory_xact_lock(_LOCKS.c.k), func.now())
 _DONE_JOBS = select(contact_jobs).where(contact_jobs.c.job_id == any_(_JOB_IDS))
 
 
@@ -281,10 +281,10 @@ class _Contact:
     # Upserts that changed it in this transaction (its version grows by as many).
     writes: int = 0
     # What PostgreSQL filled in when writing it (timestamps, defaults); None until then.
-    written: Row[Any] | None = None
+    written: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a batch makes a thousand, and frozen ones cost twice
 class _ItemResult:
     """What one item did: its code, and the contact as it left it, or why it failed."""
 
@@ -303,7 +303,7 @@ class _ItemResult:
         assert self.columns is not None
         if self.wrote:
             assert self.contact.written is not None
-            return contact_document({**self.columns, **self.contact.written._mapping})
+            return contact_document({**self.columns, **self.contact.written})
         return contact_document(self.columns)
 
 
@@ -457,7 +457,7 @@ class ContactIngestor:
         # Serialises concurrent deliveries of one job id (a visibility-timeout redelivery
         # racing the original): the second waits, then finds the first one's row. Locks
         # are taken in one statement, in a fixed order, so two workers cannot deadlock.
-        conn.execute(_LOCK_JOBS, {"job_ids": list(jobs)})
+        [(_, now), *_] = conn.execute(_LOCK_JOBS, {"job_ids": list(jobs)}).all()
         done = conn.execute(_DONE_JOBS, {"job_ids": list(jobs)})
         outcomes = {row["job_id"]: Outcome.from_row(row, replayed=True) for row in done.mappings()}
         pending = sorted(
@@ -469,7 +469,7 @@ class ContactIngestor:
         to_apply = [
             item for job in pending if isinstance(its := items[job.job_id], list) for item in its
         ]
-        results = iter(self._apply_items(conn, to_apply))
+        results = iter(self._apply_items(conn, to_apply, now))
         rows: list[dict[str, Any]] = []
         for job in pending:
             its = items[job.job_id]
@@ -499,7 +499,9 @@ class ContactIngestor:
         conn.execute(_INSERT_STATUS_ROWS, _rows_parameter(rows))
         return outcomes
 
-    def _apply_items(self, conn: Connection, items: list[_Item]) -> list[_ItemResult]:
+    def _apply_items(
+        self, conn: Connection, items: list[_Item], now: datetime
+    ) -> list[_ItemResult]:
         """Apply ``items`` (in acceptance order) as if one after another; what each did.
 
         Every contact an upsert names is locked and read in one statement, the items
@@ -527,11 +529,18 @@ class ContactIngestor:
         made = memory.contacts
         new = sorted(key for key, contact in made.items() if contact.new)
         if new:
-            inserted = {row.id: row for row in self._insert_new(conn, [made[k] for k in new])}
+            inserted = {
+                row.id: row.lead_score for row in self._insert_new(conn, [made[k] for k in new])
+            }
             for key in new:
                 contact = made[key]
-                contact.written = inserted.get(contact.columns["id"])
-                if contact.written is None and key in upserted:
+                if (lead_score := inserted.get(contact.columns["id"])) is not None:
+                    contact.written = {
+                        "lead_score": lead_score,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                elif key in upserted:
                     raise _CreatedMeanwhile
         changed = [c for c in memory.contacts.values() if not c.new and c.writes]
         if changed:
@@ -539,10 +548,10 @@ class ContactIngestor:
                 {"id": c.columns["id"], **{n: c.columns[n] for n in _CONTACT_TYPES}}
                 for c in changed
             ]
-            updated = conn.execute(_UPDATE_CONTACTS, {"rows": json_bytes(rows).decode()})
-            stamps = {row.id: row for row in updated}
+            conn.execute(_UPDATE_CONTACTS, {"rows": json_bytes(rows).decode()})
+            stamped = {"updated_at": now}
             for contact in changed:
-                contact.written = stamps[contact.columns["id"]]
+                contact.written = stamped
         # A new contact the insert left out was created by a create of an email that no
         # upsert names, and another transaction stored that email first.
         return [
@@ -551,9 +560,9 @@ class ContactIngestor:
         ]
 
     def _insert_new(self, conn: Connection, new: list[_Contact]) -> Sequence[Row[Any]]:
-        """Insert ``new`` contacts in one statement, in the order given; return the rows
-        inserted (id, and what PostgreSQL filled in). One whose email another
-        transaction has stored is left out."""
+        """Insert ``new`` contacts in one statement, in the order given; return (id, lead
+        score) of each one inserted. One whose email another transaction has stored is
+        left out."""
         # A new contact's columns are exactly those the insert takes.
         return conn.execute(_INSERT_CONTACTS, _rows_parameter([c.columns for c in new])).all()
 

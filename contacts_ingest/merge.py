@@ -36,6 +36,8 @@ CONTACT_COLUMNS = (
     *("social_profiles", "status", "custom_fields", "source", "workspace_id"),
 )
 
+_EMPTY: dict[str, Any] = dict.fromkeys(CONTACT_COLUMNS)
+
 Changes = dict[str, Any]
 """Stored column -> value, for every field a job names. A keyed field maps its keys to
 values (None removes that key), or is None itself (the whole object set to null: clear it)."""
@@ -54,7 +56,7 @@ def changes_of(request: ContactRequest) -> Changes:
 def new_contact(changes: Changes, accepted_at_us: int) -> dict[str, Any]:
     """Every column of ``CONTACT_COLUMNS`` of a contact that ``changes`` creates, and its
     ``field_versions``: unnamed fields empty, null keys left out, status defaulted."""
-    contact: dict[str, Any] = dict.fromkeys(CONTACT_COLUMNS)
+    contact = dict(_EMPTY)
     contact.update(changes)
     for field in KEYED_FIELDS:
         value = changes.get(field)

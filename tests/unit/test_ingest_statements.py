@@ -42,11 +42,12 @@ _STATUS_INSERT = (
     " started_at timestamptz, n integer) ORDER BY new.n"
 )
 _LOCK_JOBS = (
-    "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(j, 0) AS k"
+    "SELECT pg_advisory_xact_lock(k), now() FROM (SELECT DISTINCT hashtextextended(j, 0) AS k"
     " FROM unnest(CAST(%(job_ids)s AS text[])) AS j ORDER BY k) AS locks"
 )
 # The contacts insert as it was, with the version column it now sets (a contact created
-# and then upserted in one transaction starts above 1) and a shorter RETURNING.
+# and then upserted in one transaction starts above 1) and a shorter RETURNING; the lock
+# of the jobs now also reads the transaction's now().
 _CONTACTS_INSERT = (
     "INSERT INTO contacts (id, user_id, email_key, email, first_name, last_name, phone,"
     " company, job_title, social_profiles, status, custom_fields, source, workspace_id,"
@@ -59,7 +60,7 @@ _CONTACTS_INSERT = (
     " job_title text, social_profiles jsonb, status text, custom_fields jsonb, source text,"
     " workspace_id uuid, field_versions jsonb, version integer, n integer) ORDER BY new.n"
     " ON CONFLICT (user_id, email_key) DO NOTHING"
-    " RETURNING contacts.id, contacts.lead_score, contacts.created_at, contacts.updated_at"
+    " RETURNING contacts.id, contacts.lead_score"
 )
 
 
