@@ -72,9 +72,21 @@ def _too_many(limit: str) -> dict[str, Any]:
     )
 
 
+# What null means in the two objects an upsert merges key by key (contacts_ingest/merge.py).
+_MERGED_OBJECTS = {
+    "socialProfiles": "On upsert, merged key by key: a handle set to null is removed;"
+    ' `"socialProfiles": null` removes every handle.',
+    "customFields": "On upsert, merged key by key: a key set to null is removed;"
+    ' `"customFields": null` removes every key. The limits hold on the merged result.',
+}
+
+
 def _schemas() -> dict[str, Any]:
     request = ContactRequest.model_json_schema(by_alias=True, ref_template=_REF)
     nested = request.pop("$defs", {})
+    for name, meaning in _MERGED_OBJECTS.items():
+        field = request["properties"][name]
+        field["description"] = " ".join(filter(None, (field.get("description"), meaning)))
     contact_properties = {
         "id": {"type": "string", "pattern": "^cnt_"},
         "email": {"type": "string"},

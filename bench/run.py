@@ -43,7 +43,7 @@ GRANIAN = str(Path(sys.executable).parent / "granian")
 WRK_SCRIPT = str(ROOT / "bench" / "wrk_post_contacts.lua")
 
 sys.path.insert(0, str(ROOT))
-from bench import validation  # noqa: E402
+from bench import upserts, validation  # noqa: E402
 from contacts_ingest.commands.dev import free_port  # noqa: E402
 from contacts_ingest.infrastructure.migrate import upgrade  # noqa: E402
 from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url  # noqa: E402
@@ -456,6 +456,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
         ("Redis bytes per queued job", f"{w['redis_bytes_per_queued_job']:,}", "", "≤ 2 KiB"),
     ]
     rows += validation.rows(results["validation"])
+    rows += upserts.table_rows(results)
     lines = [
         f"Measured {results['date']} on {results['machine']} ({results['mode']} run).",
         "",
@@ -505,6 +506,7 @@ def worker_only(profile: Profile) -> int:
     sampler = RssSampler()
     try:
         figures = bench_worker(stack, profile, sampler)
+        figures["upserts"] = upserts.bench_upsert_drain(stack, profile, sampler, drain_rate)
     finally:
         sampler.close()
         stack.close()
@@ -544,6 +546,7 @@ def main() -> int:
         results["gateway"] = bench_gateway(stack, profile, sampler)
         print("worker drain ...", flush=True)
         results["worker"] = bench_worker(stack, profile, sampler)
+        results["upserts"] = upserts.measure(stack, profile, sampler, drain_rate, quick=args.quick)
         print("naive baseline ...", flush=True)
         results["naive"] = bench_naive(stack, profile)
         print("persistence floor ...", flush=True)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
+from contacts_ingest.infrastructure.database import make_engine
 from contacts_ingest.infrastructure.schema import contact_jobs, contacts
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.ingestion.service import ContactIngestor, Outcome
@@ -779,3 +781,334 @@ def test_a_job_failing_unexpectedly_is_recorded_failed_with_500_and_no_errors_li
     assert (outcome.status, outcome.code) == ("failed", 500)
     assert outcome.error == {"code": 500, "message": "The job could not be applied"}
     assert stored(engine, user) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "body_field", "before"),
+    [
+        ("social_profiles", "socialProfiles", {"twitter": "@a", "reddit": "r"}),
+        ("custom_fields", "customFields", {"plan": "pro", "seats": 3}),
+    ],
+)
+def test_an_upsert_with_a_null_object_clears_it(
+    ingestor: ContactIngestor,
+    board: JobBoard,
+    engine: Engine,
+    user: str,
+    field: str,
+    body_field: str,
+    before: dict[str, Any],
+) -> None:
+    run(ingestor, admitted(board, user, {"email": "z@example.com", body_field: before}))
+    outcome = run(
+        ingestor, admitted(board, user, {"email": "z@example.com", body_field: None}, upsert=True)
+    )
+    assert outcome.code == 200
+    assert outcome.result is not None
+    assert outcome.result["data"][field] == {}
+    [row] = stored(engine, user)
+    assert row[field] == {}
+    assert row["version"] == 2
+    # Keys set after the clear are kept as usual.
+    again = {"email": "z@example.com", body_field: {"reddit": "new"}}
+    run(ingestor, admitted(board, user, again, upsert=True))
+    [row] = stored(engine, user)
+    assert row[field] == {"reddit": "new"}
+
+
+def test_a_null_object_delivered_late_keeps_what_newer_jobs_set(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    run(ingestor, admitted(board, user, {"email": "l@example.com", "customFields": {"a": 1}}))
+    clear, newer = upserts_in_acceptance_order(
+        board,
+        user,
+        {"email": "l@example.com", "customFields": None},
+        {"email": "l@example.com", "customFields": {"b": 2}},
+    )
+    run(ingestor, newer)
+    run(ingestor, clear)  # redelivered after the newer job committed
+    [row] = stored(engine, user)
+    assert row["custom_fields"] == {"b": 2}
+
+
+def test_a_batch_applies_an_email_repeated_in_it_occurrence_after_occurrence(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    run(ingestor, admitted(board, user, {"email": "rep@example.com", "customFields": {"k0": 0}}))
+    outcome = run(
+        ingestor,
+        batch(
+            board,
+            user,
+            [
+                {"email": "rep@example.com", "firstName": "One", "customFields": {"k1": 1}},
+                {"email": "other@example.com", "company": "Other"},
+                # Over the limit on the merged result: this occurrence alone fails.
+                {"email": "REP@example.com", "customFields": {f"x{i}": i for i in range(19)}},
+                {"email": "Rep@example.com", "firstName": "Three", "customFields": {"k0": None}},
+                {"email": "rep@example.com", "socialProfiles": {"reddit": "r"}},
+                {"email": "rep@example.com", "firstName": "Three"},  # changes nothing new
+            ],
+            upsert=True,
+        ),
+    )
+    assert outcome.result is not None
+    items = outcome.result["items"]
+    assert [item["code"] for item in items] == [200, 201, 400, 200, 200, 200]
+    assert items[2]["error"] == "customFields must have 20 keys or fewer"
+    assert items[2]["errors"] == [
+        {"field": "customFields", "message": "customFields must have 20 keys or fewer"}
+    ]
+    # Each item reports the contact as it left it.
+    assert [item.get("email") for item in items] == [
+        "rep@example.com",
+        "other@example.com",
+        None,
+        "Rep@example.com",
+        "rep@example.com",
+        "rep@example.com",
+    ]
+    assert outcome.result["counts"] == {"created": 1, "updated": 4, "failed": 1}
+    contacts_by_email = {c["email_key"]: c for c in stored(engine, user)}
+    rep = contacts_by_email["rep@example.com"]
+    assert rep["first_name"] == "Three"
+    assert rep["custom_fields"] == {"k1": 1}
+    assert rep["social_profiles"] == {"reddit": "r"}
+    # The create, then one write per item that changed something (the last one still
+    # stamps firstName with its own, later, acceptance time).
+    assert rep["version"] == 1 + 4
+    assert contacts_by_email["other@example.com"]["company"] == "Other"
+
+
+def test_single_upserts_of_one_email_in_one_call_each_report_the_contact_as_they_left_it(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    five = {f"c{i}": i for i in range(5)}
+    run(ingestor, admitted(board, user, {"email": "s@example.com", "customFields": five}))
+    first, over, second = upserts_in_acceptance_order(
+        board,
+        user,
+        {"email": "s@example.com", "firstName": "One"},
+        {"email": "s@example.com", "customFields": {f"d{i}": i for i in range(16)}},
+        {"email": "s@example.com", "lastName": "Two"},
+    )
+    outcomes = ingestor.process_many([second, over, first])
+    assert [o.code if o else None for o in outcomes] == [200, 400, 200]
+    reported = [o.result["data"] for o in outcomes if o and o.result]
+    assert [(c["first_name"], c["last_name"]) for c in reported] == [("One", "Two"), ("One", None)]
+    assert outcomes[1] is not None
+    assert outcomes[1].error is not None
+    assert outcomes[1].error["message"] == "customFields must have 20 keys or fewer"
+    [row] = stored(engine, user)
+    assert (row["first_name"], row["last_name"], row["version"]) == ("One", "Two", 3)
+    with engine.connect() as conn:
+        ids = conn.execute(
+            select(contact_jobs.c.contact_id).where(
+                contact_jobs.c.job_id.in_([first["job_id"], second["job_id"]])
+            )
+        ).scalars()
+        assert set(ids) == {row["id"]}
+
+
+def test_creates_between_upserts_of_one_email_in_batches_answer_as_one_after_another(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    upserts = batch(
+        board,
+        user,
+        [{"email": "b1@example.com", "firstName": "U"}, {"email": "b2@example.com"}],
+        upsert=True,
+    )
+    creates = batch(
+        board,
+        user,
+        [{"email": "B1@example.com", "firstName": "C"}, {"email": "b3@example.com"}],
+    )
+    later = admitted(board, user, {"email": "b3@example.com", "lastName": "L"}, upsert=True)
+    outcomes = ingestor.process_many([later, creates, upserts])
+    assert [o.code if o else None for o in outcomes] == [200, 200, 200]
+    codes = [[i["code"] for i in o.result["items"]] for o in outcomes[1:] if o and o.result]
+    assert codes == [[409, 201], [201, 201]]
+    contacts_by_email = {c["email"]: c for c in stored(engine, user)}
+    assert contacts_by_email["b1@example.com"]["first_name"] == "U"
+    assert contacts_by_email["b3@example.com"]["last_name"] == "L"
+    assert contacts_by_email["b3@example.com"]["version"] == 2
+
+
+# Other transactions at the worst moments.
+
+
+def waiting_on_a_lock(engine: Engine, count: int) -> None:
+    """Wait until ``count`` sessions of this database wait on a lock."""
+    deadline = time.monotonic() + 10
+    while True:
+        with engine.connect() as conn:  # a new transaction: a fresh view of the sessions
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        if waiting >= count:
+            return
+        assert time.monotonic() < deadline, f"{waiting} of {count} sessions waiting"
+        time.sleep(0.02)
+
+
+def in_thread(work: Any) -> tuple[threading.Thread, list[Any]]:
+    """Start ``work`` in a thread; the list gets its result, or the exception it raised."""
+    out: list[Any] = []
+
+    def target() -> None:
+        try:
+            out.append(work())
+        except Exception as exc:  # reported to the test through ``out``
+            out.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, out
+
+
+def test_contacts_another_transaction_creates_meanwhile_get_the_codes_of_one_after_another(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    # Another worker's transaction has created both emails but not committed yet: this
+    # one's look finds neither, and its insert waits for that transaction.
+    other = engine.connect()
+    other.begin()
+    for email in ("m1@example.com", "m2@example.com"):
+        other.execute(
+            contacts.insert().values(
+                id=unique("cnt"), user_id=user, email=email, email_key=email,
+                first_name="Other", created_at=func.now(), updated_at=func.now(),
+            )
+        )  # fmt: skip
+    messages = [
+        batch(board, user, [{"email": "m1@example.com", "firstName": "Mine"}], upsert=True),
+        admitted(board, user, {"email": "m1@example.com", "lastName": "Too"}),
+        admitted(board, user, {"email": "m2@example.com"}),  # a create only
+    ]
+    thread, out = in_thread(lambda: ingestor.process_many(messages))
+    waiting_on_a_lock(engine, 1)
+    other.commit()
+    other.close()
+    thread.join()
+    [outcomes] = out
+    assert outcomes[0].result["items"][0]["code"] == 200  # updated what the other created
+    assert [o.code for o in outcomes[1:]] == [409, 409]
+    contacts_by_email = {c["email"]: c for c in stored(engine, user)}
+    m1 = contacts_by_email["m1@example.com"]
+    assert (m1["first_name"], m1["last_name"], m1["version"]) == ("Mine", None, 2)
+    assert contacts_by_email["m2@example.com"]["version"] == 1
+
+
+def test_upserts_of_the_same_contacts_in_opposite_orders_never_deadlock(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    emails = ["a-first@example.com", "z-last@example.com"]
+    for email in emails:
+        run(ingestor, admitted(board, user, {"email": email}))
+    forward = batch(board, user, [{"email": e, "company": "F"} for e in emails], upsert=True)
+    backward = [
+        admitted(board, user, {"email": e, "company": "B"}, upsert=True) for e in reversed(emails)
+    ]
+    # Hold the first contact, so both transactions line up behind it before it is freed.
+    holder = engine.connect()
+    holder.begin()
+    holder.execute(
+        select(contacts.c.id).where(contacts.c.email == emails[0]).with_for_update()
+    ).all()
+    first, first_out = in_thread(lambda: ingestor.process_many([forward]))
+    second, second_out = in_thread(lambda: ingestor.process_many(backward))
+    waiting_on_a_lock(engine, 2)
+    holder.rollback()
+    holder.close()
+    first.join()
+    second.join()
+    # A deadlock would fail one of them; in a fixed lock order both go through.
+    assert not [o for o in first_out + second_out if isinstance(o, Exception)]
+    assert all(isinstance(o, list) for o in first_out + second_out)
+    # The later-accepted upserts win whichever went first (the other then writes nothing).
+    after = stored(engine, user)
+    assert [c["company"] for c in after] == ["B", "B"]
+    assert {c["version"] for c in after} in ({2}, {3})
+
+
+def test_new_contacts_inserted_in_opposite_orders_never_deadlock(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    emails = [f"n{i}@example.com" for i in range(10)]
+    ones = batch(board, user, [{"email": e, "company": "One"} for e in emails], upsert=True)
+    others = [admitted(board, user, {"email": e}, upsert=True) for e in reversed(emails)]
+    # Another transaction is creating an email in the middle: with inserts in the jobs'
+    # orders, each transaction would have made half of the others when it is freed.
+    holder = engine.connect()
+    holder.begin()
+    holder.execute(
+        contacts.insert().values(
+            id=unique("cnt"), user_id=user, email=emails[5], email_key=emails[5],
+            created_at=func.now(), updated_at=func.now(),
+        )
+    )  # fmt: skip
+    first, first_out = in_thread(lambda: ingestor.process_many([ones]))
+    second, second_out = in_thread(lambda: ingestor.process_many(others))
+    waiting_on_a_lock(engine, 2)
+    holder.rollback()
+    holder.close()
+    first.join()
+    second.join()
+    assert not [o for o in first_out + second_out if isinstance(o, Exception)]
+    [[one]], twos = first_out, second_out[0]
+    assert one is not None
+    assert one.result is not None
+    codes = sorted([i["code"] for i in one.result["items"]] + [o.code for o in twos if o])
+    assert codes == [200] * 10 + [201] * 10  # whichever went first created them all
+    assert sorted(c["version"] for c in stored(engine, user)) == [2] * 10
+
+
+def test_each_statement_is_prepared_once_whatever_the_number_of_jobs(
+    settings: Settings, board: JobBoard, user: str
+) -> None:
+    engine = make_engine(settings.database_url, pool_size=1)  # one connection: one session
+    ingestor = ContactIngestor(engine, board)
+    try:
+        for size in (1, 3, 2, 5, 4, 7, 6, 8):  # more rounds than psycopg's prepare threshold
+            emails = [f"p{size}-{i}@example.com" for i in range(size)]
+            ingestor.process_many([admitted(board, user, {"email": e}) for e in emails])
+            ingestor.process_many(
+                [admitted(board, user, {"email": e, "company": "C"}, upsert=True) for e in emails]
+                + [admitted(board, user, {"email": f"q{size}@example.com"}, upsert=True)]
+            )
+        with engine.connect() as conn:
+            prepared = conn.execute(text("SELECT statement FROM pg_prepared_statements")).scalars()
+            statements = list(prepared)
+    finally:
+        engine.dispose()
+    for fragment in (
+        "pg_advisory_xact_lock",
+        "FROM contact_jobs",
+        "FOR UPDATE OF contacts",
+        "INSERT INTO contacts ",
+        "UPDATE contacts SET",
+        "INSERT INTO contact_jobs",
+    ):
+        assert sum(fragment in statement for statement in statements) == 1, fragment
+
+
+def test_an_upsert_keeps_stored_values_beyond_64_bit_integers(
+    ingestor: ContactIngestor, board: JobBoard, engine: Engine, user: str
+) -> None:
+    big = 12345678901234567890123456789
+    run(ingestor, admitted(board, user, {"email": "big@example.com", "customFields": {"n": big}}))
+    outcome = run(
+        ingestor,
+        admitted(
+            board, user, {"email": "big@example.com", "customFields": {"m": 1.5}}, upsert=True
+        ),
+    )
+    assert outcome.result is not None
+    assert outcome.result["data"]["custom_fields"] == {"n": big, "m": 1.5}
+    [row] = stored(engine, user)
+    assert row["custom_fields"] == {"n": big, "m": 1.5}

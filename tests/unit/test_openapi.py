@@ -332,3 +332,16 @@ def test_the_request_schema_names_every_field_of_the_model(document: dict[str, A
     assert list(properties) == REQUEST_FIELDS
     assert properties["firstName"]["anyOf"][0]["maxLength"] == 100
     assert document["components"]["schemas"]["ContactRequest"]["required"] == ["email"]
+
+
+def test_the_request_schema_says_what_null_does_to_the_merged_objects(
+    document: dict[str, Any],
+) -> None:
+    properties = document["components"]["schemas"]["ContactRequest"]["properties"]
+    assert (
+        '`"socialProfiles": null` removes every handle'
+        in properties["socialProfiles"]["description"]
+    )
+    custom = properties["customFields"]["description"]
+    assert custom.startswith("At most 20 keys")  # the model's own words stay first
+    assert '`"customFields": null` removes every key' in custom
