@@ -11,7 +11,6 @@ when given ``--sentinel``).
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import secrets
 import shutil
@@ -206,8 +205,11 @@ def start_embedded_postgres(data_dir: Path) -> str:
     if server.system_user is not None:
         # As root, PostgreSQL runs as an account of its own, and embedded-postgres opened
         # every folder above its data to everyone: close ours again to all but that
-        # account, which may only pass through it (0710, its group).
-        os.chown(data_dir, -1, pwd.getpwnam(server.system_user).pw_gid)
+        # server, which may only pass through it (0710, the group it runs with: the wheel
+        # switches its user only, so it keeps ours, not its account's).
+        import psutil  # the wheel's own dependency
+
+        os.chown(data_dir, -1, psutil.Process(server.get_pid()).gids().effective)
         data_dir.chmod(0o710)
     return str(server.get_uri())
 
