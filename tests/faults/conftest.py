@@ -91,6 +91,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def redis_version(servers: Servers) -> tuple[int, ...]:
+    """The private Redis's version: what ``needs_redis`` compares against here."""
+    return servers.redis.binaries.version
+
+
 def wait_until(
     condition: Callable[[], bool], what: str | Callable[[], str], timeout: float = 30
 ) -> None:
