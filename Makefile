@@ -27,7 +27,7 @@ dev: install ## Run the whole service locally (embedded PostgreSQL and Redis unl
 run: dev ## Same as dev
 
 .PHONY: test
-test: install ## Run the whole test suite (needs PostgreSQL and Redis, see README)
+test: install ## Run the whole test suite (on embedded servers where none answer, see README)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: faults

@@ -44,7 +44,7 @@ WRK_SCRIPT = str(ROOT / "bench" / "wrk_post_contacts.lua")
 
 sys.path.insert(0, str(ROOT))
 from bench import upserts, validation  # noqa: E402
-from contacts_ingest.commands.dev import free_port  # noqa: E402
+from contacts_ingest.infrastructure.local_servers import free_port  # noqa: E402
 from contacts_ingest.infrastructure.migrate import upgrade  # noqa: E402
 from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url  # noqa: E402
 from contacts_ingest.producer import ContactProducer  # noqa: E402

@@ -26,7 +26,7 @@ import redis
 import requests
 from sqlalchemy import create_engine, make_url, text
 
-from contacts_ingest.commands.dev import free_port
+from contacts_ingest.infrastructure.local_servers import free_port
 from contacts_ingest.infrastructure.migrate import upgrade
 from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url
 

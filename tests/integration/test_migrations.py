@@ -15,17 +15,19 @@ from contacts_ingest.infrastructure.migrate import (
     upgrade,
 )
 from contacts_ingest.infrastructure.settings import sqlalchemy_url
-from tests.conftest import ADMIN_DATABASE_URL, unique
+from tests.conftest import unique
 
 pytestmark = pytest.mark.integration
 
 
-def test_migrate_creates_the_database_and_the_schema_and_downgrades() -> None:
+def test_migrate_creates_the_database_and_the_schema_and_downgrades(
+    admin_database_url: str,
+) -> None:
     name = unique("contacts_migrate").replace("-", "_")
-    url = make_url(sqlalchemy_url(ADMIN_DATABASE_URL)).set(database=name)
+    url = make_url(sqlalchemy_url(admin_database_url)).set(database=name)
     url_text = url.render_as_string(hide_password=False)
     admin = create_engine(
-        make_url(sqlalchemy_url(ADMIN_DATABASE_URL)), isolation_level="AUTOCOMMIT"
+        make_url(sqlalchemy_url(admin_database_url)), isolation_level="AUTOCOMMIT"
     )
     try:
         upgrade(url_text)
@@ -47,12 +49,14 @@ def test_migrate_creates_the_database_and_the_schema_and_downgrades() -> None:
         admin.dispose()
 
 
-def test_endpoints_created_before_operations_existed_keep_creating() -> None:
+def test_endpoints_created_before_operations_existed_keep_creating(
+    admin_database_url: str,
+) -> None:
     name = unique("contacts_migrate").replace("-", "_")
-    url = make_url(sqlalchemy_url(ADMIN_DATABASE_URL)).set(database=name)
+    url = make_url(sqlalchemy_url(admin_database_url)).set(database=name)
     url_text = url.render_as_string(hide_password=False)
     admin = create_engine(
-        make_url(sqlalchemy_url(ADMIN_DATABASE_URL)), isolation_level="AUTOCOMMIT"
+        make_url(sqlalchemy_url(admin_database_url)), isolation_level="AUTOCOMMIT"
     )
     try:
         ensure_database(url_text)

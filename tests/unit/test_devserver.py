@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from contacts_ingest.commands.dev import private_folder
+from contacts_ingest.infrastructure.local_servers import private_folder
 
 
 @pytest.fixture
