@@ -49,8 +49,19 @@ class _Commands(click.Group):
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Contacts ingestion: an HTTP gateway that enqueues, Celery workers that persist."""
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Contacts ingestion: an HTTP gateway that enqueues, Celery workers that persist.
+
+    Run in the folder of a running `contacts-ingest dev`, with DATABASE_URL or REDIS_URL
+    unset, a command uses dev's servers (and says so on stderr).
+    """
+    from contacts_ingest.commands.dev import use_running_dev
+
+    if ctx.invoked_subcommand == "dev":
+        os.environ.setdefault("LOG_FORMAT", "text")  # a person reads dev's logs
+    else:
+        use_running_dev()
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
 
