@@ -168,15 +168,15 @@ _RECORD_FIELDS = {
 
 
 class _SafeTextFormatter(logging.Formatter):
-    """One line per record, followed by the call's ``extra`` fields as ``name=value``
-    (``job_id``, ``request_id``, ...), so a person can follow one request too."""
+    """One line per record, followed by the call's ``extra`` fields that have a value, as
+    ``name=value`` (``job_id``, ``request_id``, ...), so a person can follow one request."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extra = [
             f"{name}={value}"
             for name, value in vars(record).items()
-            if name not in _RECORD_FIELDS and not name.startswith("_")
+            if name not in _RECORD_FIELDS and not name.startswith("_") and value is not None
         ]
         if not extra:
             return line

@@ -267,7 +267,9 @@ def test_other_commands_in_devs_folder_use_it_and_a_second_dev_is_refused(
         assert f"port {port} on 127.0.0.1 is already in use" in same_port.stderr
         assert not (elsewhere / ".contacts-ingest").exists()  # refused before anything
     finally:
-        assert dev.ctrl_c() == 0
+        dev.process.terminate()  # SIGTERM to dev alone, as `kill` sends it
+        assert dev.process.wait(timeout=60) == 0, dev.output
+    assert "stopping ..." in dev.output
     assert not state.exists()
     # Text logs a person can follow: the imported batch's job, with its id.
     assert re.search(r"INFO \S+ job finished .*job_id=job_\w+", dev.output), dev.output

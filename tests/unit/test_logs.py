@@ -165,8 +165,10 @@ def test_text_lines_carry_the_job_and_request_ids(stream: Stderr) -> None:
     logging.getLogger("test").info(
         "job finished", extra={"job_id": "job_1", "request_id": "req_2", "code": 201}
     )
-    [line] = stream.getvalue().splitlines()
+    logging.getLogger("test").info("job finished", extra={"job_id": "job_3", "request_id": None})
+    [line, without_request] = stream.getvalue().splitlines()
     assert line.endswith("INFO test job finished job_id=job_1 request_id=req_2 code=201")
+    assert without_request.endswith("INFO test job finished job_id=job_3")
 
 
 def test_granians_logs_go_through_ours_without_its_thread_warning(stream: Stderr) -> None:
