@@ -68,7 +68,8 @@ def model_messages() -> Iterator[str]:
         yield from _model_refusals({**email, "customFields": fields})
     yield from _model_refusals({})
     yield from _model_refusals(["not", "an", "object"])
-    for batch in ([], {"contacts": []}, {"contacts": [email] * 1001}, {"contacts": "x"}):
+    batches: list[object] = [[], {"contacts": []}, {"contacts": [email] * 1001}, {"contacts": "x"}]
+    for batch in batches:
         try:
             parse_batch(batch)
         except ContactInvalid as invalid:
