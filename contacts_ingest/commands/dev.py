@@ -334,6 +334,49 @@ def use_running_dev() -> None:
     )
 
 
+@contextlib.contextmanager
+def _terminal_of_its_own() -> Iterator[None]:
+    """While dev runs, its terminal's Ctrl-C reaches dev alone.
+
+    Run by ``make dev``, dev shares make's process group, which a Ctrl-C reaches as a
+    whole: make then reported the interrupt as a failure (``*** [dev] Interrupt``, exit
+    status 130), whatever dev did. So dev takes the terminal's foreground for a process
+    group of its own, as a shell does for a job, and gives it back when it ends. Run
+    by a shell directly, it leads its own group already and changes nothing.
+    """
+    try:
+        terminal = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        yield  # no controlling terminal: nobody types Ctrl-C
+        return
+    try:
+        foreground = os.tcgetpgrp(terminal)
+        if foreground != os.getpgrp() or os.getpgrp() == os.getpid():
+            yield
+            return
+        os.setpgid(0, 0)
+        # Ctrl-Z would stop dev alone and leave make waiting on it for good.
+        suspend = signal.signal(signal.SIGTSTP, signal.SIG_IGN)
+        _hand_terminal_to(terminal, os.getpgrp())
+        try:
+            yield
+        finally:
+            _hand_terminal_to(terminal, foreground)
+            signal.signal(signal.SIGTSTP, suspend)
+    finally:
+        os.close(terminal)
+
+
+def _hand_terminal_to(terminal: int, group: int) -> None:
+    # A process outside the foreground group may do this only with SIGTTOU blocked.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        with contextlib.suppress(OSError):  # its group may be gone: the shell takes over
+            os.tcsetpgrp(terminal, group)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def _command_for_banner() -> str:
     """How the owner runs this command from the current folder (``.venv/bin/...``)."""
     command = Path(sys.executable).parent / "contacts-ingest"
@@ -372,7 +415,7 @@ def run_dev(data_dir_name: str, port: int) -> None:
     require_free_port("127.0.0.1", port)
     data_dir = private_folder(Path(data_dir_name))
     services = _Services()
-    with _claimed_state_file(data_dir) as state:
+    with _terminal_of_its_own(), _claimed_state_file(data_dir) as state:
         try:
             base, key, env = _start(data_dir, port, services, stop)
             json.dump(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
 import re
+import select
+import shutil
 import signal
 import socket
 import stat
 import subprocess
+import termios
 import threading
 import time
 from pathlib import Path
@@ -273,3 +277,55 @@ def test_other_commands_in_devs_folder_use_it_and_a_second_dev_is_refused(
     assert not state.exists()
     # Text logs a person can follow: the imported batch's job, with its id.
     assert re.search(r"INFO \S+ job finished .*job_id=job_\w+", dev.output), dev.output
+
+
+def read_terminal(master: int, until: str, timeout: float) -> str:
+    """What the terminal shows, read until ``until`` appears or it closes."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while until.encode() not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every process on the terminal has gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen.decode(errors="replace")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_ctrl_c_typed_in_a_terminal_ends_make_dev_with_status_0(tmp_path: Path) -> None:
+    port = free_port()
+    # The Makefile's dev verb, as `make dev` runs it.
+    (tmp_path / "Makefile").write_text(f"dev:\n\t{CLI} dev --port {port}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["WORKER_METRICS_PORT"] = str(free_port())
+    master, terminal = os.openpty()
+    make = subprocess.Popen(
+        ["make", "dev"],
+        cwd=tmp_path,
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+        # The pseudo-terminal becomes its controlling terminal, as a shell's is.
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(terminal)
+    try:
+        shown = read_terminal(master, "contacts-ingest import ", timeout=120)
+        assert "contacts-ingest import " in shown, shown
+        os.write(master, b"\x03")  # Ctrl-C, as typed
+        shown += read_terminal(master, "\x00never\x00", timeout=60)
+        assert make.wait(timeout=60) == 0, shown
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+        os.close(master)
+    assert "stopping ..." in shown
+    assert "Interrupt" not in shown, shown  # make's report of a command it saw interrupted
+    assert "Error" not in shown, shown
