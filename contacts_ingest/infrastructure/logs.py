@@ -12,8 +12,10 @@ message bodies Celery quotes when it discards a message are left out too.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
+from contextlib import suppress
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
@@ -139,19 +141,55 @@ class _WithoutContactData(logging.Filter):
         return True
 
 
+class _WithoutStartupNoise(logging.Filter):
+    """Drops what other libraries say at every start that tells an operator nothing:
+    granian's warning about our own thread count (chosen: those threads wait on the
+    network, and the gate bounds the work; see the README's Slow clients)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name == "_granian"
+            and str(record.msg).startswith("Configuration allows spawning up to")
+        )
+
+
 class _SafeJsonFormatter(JsonFormatter):
     def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
         return format_exception(ei[1]) if ei and ei[1] is not None else ""
 
 
+# The attributes every LogRecord has; any other one came from a call's ``extra``.
+_RECORD_FIELDS = {
+    *vars(logging.LogRecord("", 0, "", 0, "", (), None)),
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
 class _SafeTextFormatter(logging.Formatter):
+    """One line per record, followed by the call's ``extra`` fields that have a value, as
+    ``name=value`` (``job_id``, ``request_id``, ...), so a person can follow one request."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = [
+            f"{name}={value}"
+            for name, value in vars(record).items()
+            if name not in _RECORD_FIELDS and not name.startswith("_") and value is not None
+        ]
+        if not extra:
+            return line
+        head, newline, rest = line.partition("\n")  # a traceback stays below the fields
+        return f"{head} {' '.join(extra)}{newline}{rest}"
+
     def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
         return format_exception(ei[1]) if ei and ei[1] is not None else ""
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Send every logger (Celery's included) to stderr, as JSON lines or plain text,
-    with exceptions described without their texts."""
+def service_handler(fmt: str = "json") -> logging.Handler:
+    """The handler every process of ours logs through: stderr, JSON lines or text,
+    exceptions described without their texts, known start-up noise left out."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(
@@ -163,6 +201,46 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     else:
         handler.setFormatter(_SafeTextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     handler.addFilter(_WithoutContactData())
+    handler.addFilter(_WithoutStartupNoise())
+    return handler
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """Send every logger (Celery's included) and every warning to stderr, as JSON lines
+    or plain text, with exceptions described without their texts."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [service_handler(fmt)]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # warnings.warn() would print plain text to stderr
+    # Alembic names each of its plugins at every start.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def granian_logging(fmt: str) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for granian (its ``log_dictconfig``), which it
+    applies in its main process and again in each worker process: its own loggers go
+    to ours instead of its plain-text handlers on stdout."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {},
+        "handlers": {"service": {"()": f"{__name__}.service_handler", "fmt": fmt}},
+        "root": {"handlers": ["service"]},
+        "loggers": {
+            name: {"handlers": [], "propagate": True} for name in ("_granian", "granian.access")
+        },
+    }
+
+
+def say_from_signal_handler(logger: str, message: str) -> None:
+    """Write ``message`` as one line of the root handler's format, straight to stderr.
+
+    For what a library says from a signal handler (Celery's "Warm shutdown"): no lock
+    is taken, as a signal may interrupt a thread that holds the handler's.
+    """
+    record = logging.LogRecord(logger, logging.INFO, __file__, 0, message.strip(), (), None)
+    handlers = logging.getLogger().handlers
+    formatter = (handlers[0].formatter if handlers else None) or logging.Formatter()
+    stderr = sys.__stderr__  # the process's own: Celery may have made sys.stderr a logger
+    with suppress(OSError, ValueError, AttributeError):  # nowhere to say it: no matter
+        os.write(stderr.fileno(), (formatter.format(record) + "\n").encode())  # type: ignore[union-attr]

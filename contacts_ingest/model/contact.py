@@ -67,11 +67,15 @@ class ContactInvalid(Exception):
 
 
 def _json_problem(value: Any) -> str | None:
-    """Why a decoded JSON value cannot be stored, or None. Walks without recursion."""
+    """Why a decoded JSON value cannot be stored, or None. Walks without recursion.
+
+    Depth counts objects and arrays as a reader does: the value itself is level 1,
+    each object or array inside it one more; the strings and numbers they hold add none.
+    """
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if depth > CUSTOM_FIELDS_MAX_DEPTH:
+        if isinstance(item, dict | list) and depth > CUSTOM_FIELDS_MAX_DEPTH:
             return CUSTOM_FIELDS_DEPTH_MESSAGE
         if isinstance(item, str):
             if "\x00" in item:

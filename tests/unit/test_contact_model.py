@@ -224,8 +224,8 @@ def test_changes_name_only_the_fields_present() -> None:
 
 def test_custom_fields_nest_32_levels_deep_and_no_deeper() -> None:
     def nested(levels: int) -> dict[str, Any]:
-        value: Any = "leaf"
-        for _ in range(levels - 2):  # the object itself and its leaf make two levels
+        value: Any = "leaf"  # held by the innermost level, not one of its own
+        for _ in range(levels - 1):  # the object itself is the first level
             value = [value]
         return {"k": value}
 
@@ -235,6 +235,20 @@ def test_custom_fields_nest_32_levels_deep_and_no_deeper() -> None:
     ]
     # Far deeper than Python's recursion limit: still a clean 400.
     assert errors_of({"email": EMAIL, "customFields": nested(5000)})[0]["field"] == "customFields"
+
+
+def test_custom_fields_levels_are_counted_as_a_reader_counts_nested_objects() -> None:
+    def objects(count: int) -> dict[str, Any]:
+        value: dict[str, Any] = {"name": "innermost"}
+        for _ in range(count - 1):
+            value = {"inner": value}
+        return value  # ``count`` objects, customFields itself the outermost
+
+    assert accepted({"customFields": objects(32)})
+    assert accepted({"customFields": {"list": [[1, 2], [3]]}})  # three levels
+    assert errors_of({"email": EMAIL, "customFields": objects(33)}) == [
+        {"field": "customFields", "message": "customFields must not nest more than 32 levels deep"}
+    ]
 
 
 def test_an_email_whose_normalized_form_outgrows_254_characters_is_rejected() -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import http.server
 import os
 import re
 import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,63 @@ def test_flower_watches_the_same_broker_and_the_workers_send_it_events(
 def test_long_running_services_have_healthchecks(compose: dict[str, Any]) -> None:
     for name in ("redis", "postgres", "gateway", "worker"):
         assert compose["services"][name]["healthcheck"]["test"], name
+
+
+def test_every_service_but_the_one_shot_migration_has_a_healthcheck(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    one_shot = {name for name, service in services.items() if service.get("restart") == "no"}
+    assert one_shot == {"migrate"}
+    assert "healthcheck" not in services["migrate"]
+    for name in set(services) - one_shot:
+        assert services[name]["healthcheck"]["test"], name
+
+
+def test_no_comment_says_flower_shows_tasks() -> None:
+    comments = " ".join(
+        line.split("#", 1)[1].strip()
+        for line in (ROOT / "docker-compose.yml").read_text().splitlines()
+        if "#" in line
+    )
+    # Jobs are applied in batches outside Celery's per-task tracing (README, Flower).
+    assert "Flower lists no tasks" in comments
+    assert re.search(r"flower[^.]*(task views|and tasks)", comments, re.I) is None
+    assert comments.count("task") == comments.count("no tasks") + comments.count("per-task")
+
+
+class _NeedsBasicAuth(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        expected = "Basic " + base64.b64encode(b"admin:s3cret").decode()
+        ok = self.path == "/healthcheck" and self.headers.get("Authorization") == expected
+        self.send_response(200 if ok else 401)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("auth", "healthy"), [("admin:s3cret,other:pw", True), ("x:y", False)])
+def test_flowers_healthcheck_asks_its_port_with_its_password(
+    compose: dict[str, Any], auth: str, healthy: bool
+) -> None:
+    flower = compose["services"]["flower"]
+    port = flower["command"][-1].removeprefix("--port=")
+    test = flower["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"]
+    server = http.server.HTTPServer(("127.0.0.1", 0), _NeedsBasicAuth)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # The same check against a stand-in for Flower, on a port that is free here.
+        code = test[-1].replace(f":{port}/", f":{server.server_address[1]}/")
+        done = subprocess.run(
+            [sys.executable, *test[2:-1], code],
+            env={"PATH": os.environ["PATH"], "FLOWER_BASIC_AUTH": auth},
+            capture_output=True,
+        )
+    finally:
+        server.shutdown()
+    assert (done.returncode == 0) == healthy, done.stderr
 
 
 def test_redis_keeps_an_always_fsynced_aof_and_never_evicts(compose: dict[str, Any]) -> None:

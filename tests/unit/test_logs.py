@@ -158,3 +158,33 @@ def test_celerys_report_of_a_discarded_message_leaves_its_body_out(stream: Stder
     assert SECRET not in logged
     assert "Received unregistered task of type (its contents withheld)" in logged
     assert "Received invalid task message (its contents withheld)" in logged
+
+
+def test_text_lines_carry_the_job_and_request_ids(stream: Stderr) -> None:
+    configure_logging("INFO", "text")
+    logging.getLogger("test").info(
+        "job finished", extra={"job_id": "job_1", "request_id": "req_2", "code": 201}
+    )
+    logging.getLogger("test").info("job finished", extra={"job_id": "job_3", "request_id": None})
+    [line, without_request] = stream.getvalue().splitlines()
+    assert line.endswith("INFO test job finished job_id=job_1 request_id=req_2 code=201")
+    assert without_request.endswith("INFO test job finished job_id=job_3")
+
+
+def test_granians_logs_go_through_ours_without_its_thread_warning(stream: Stderr) -> None:
+    import logging.config
+
+    from contacts_ingest.infrastructure.logs import granian_logging
+
+    configure_logging("INFO", "json")  # as serve does before it starts granian
+    logging.config.dictConfig(granian_logging("json"))  # as granian then applies it
+    granian = logging.getLogger("_granian")
+    granian.warning("Configuration allows spawning up to 1024 Python threads, which ...")
+    granian.info("Listening at: http://127.0.0.1:8000")
+    [line] = stream.getvalue().splitlines()
+    assert json.loads(line) | {"time": None} == {
+        "time": None,
+        "level": "INFO",
+        "logger": "_granian",
+        "message": "Listening at: http://127.0.0.1:8000",
+    }
