@@ -21,6 +21,7 @@ from api_gateway.middleware import (
 )
 from api_gateway.openapi import openapi_document
 from api_gateway.resources import (
+    UNAVAILABLE_MESSAGE,
     ContactIntake,
     ContactsResource,
     DeliveryVerifier,
@@ -34,7 +35,7 @@ from api_gateway.resources import (
 from api_gateway.throttle import FailureThrottle
 from api_gateway.waiting import CompletionListener
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.board import JobBoard, ShedReason
 from contacts_ingest.jobs.messages import json_bytes
 from contacts_ingest.jobs.status import FinalJobReader
 
@@ -56,6 +57,8 @@ class GatewayDeps:
     webhooks: DeliveryVerifier
     # Wakes requests that asked to wait (Prefer: wait=N); None answers them 202 at once.
     completions: CompletionListener | None = None
+    # Why new jobs are shed right now (queue full, Redis out of memory), or None.
+    shedding: Callable[[], ShedReason | None] = lambda: None
 
 
 def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
@@ -77,9 +80,7 @@ def _unavailable(
     req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]
 ) -> None:
     log.error("dependency unavailable: %s", type(exc).__name__, extra={"path": req.path})
-    raise falcon.HTTPServiceUnavailable(
-        description="Service temporarily unavailable, try again", retry_after=1
-    ) from exc
+    raise falcon.HTTPServiceUnavailable(description=UNAVAILABLE_MESSAGE, retry_after=1) from exc
 
 
 def _internal_error(
@@ -126,7 +127,7 @@ def create_app(
     )
     app.add_route("/io/contacts/jobs/{job_id}", JobResource(deps.board, deps.final_job))
     app.add_route("/healthz", HealthResource())
-    app.add_route("/readyz", ReadyResource(deps.readiness))
+    app.add_route("/readyz", ReadyResource(deps.readiness, deps.shedding))
     app.add_route("/openapi.json", OpenApiResource(openapi_document(settings)))
     app.add_route("/metrics", MetricsResource())
     app.add_sink(_not_found, "/")

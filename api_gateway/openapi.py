@@ -258,12 +258,16 @@ def _schemas() -> dict[str, Any]:
         },
         "Readiness": {
             "type": "object",
-            "required": ["status", "checks"],
+            "required": ["status", "checks", "admission"],
             "properties": {
-                "status": {"enum": ["ready", "unavailable"]},
+                "status": {"enum": ["ready", "shedding", "unavailable"]},
                 "checks": {
                     "type": "object",
                     "additionalProperties": {"enum": ["ok", "unavailable"]},
+                },
+                "admission": {
+                    "description": "Whether new jobs are admitted, or shed (503) and why.",
+                    "enum": ["ok", "queue full", "out of memory", "unavailable"],
                 },
             },
         },
@@ -370,7 +374,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "An unexpected error (a bug), in the gateway, or, with Prefer:"
                             " wait, the job's own outcome (`The job could not be applied`)."
                         ),
-                        "503": unavailable,
+                        "503": _error(
+                            "Redis or PostgreSQL unreachable, or new jobs shed (the queue is"
+                            " full, or Redis out of memory); nothing was enqueued.",
+                            _RETRY_AFTER,
+                        ),
                     },
                 }
             },
@@ -407,7 +415,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "operationId": "readiness",
                     "security": [],
                     "responses": {
-                        "200": {"description": "Ready.", "content": _json("Readiness")},
+                        "200": {
+                            "description": "Ready (or ready and shedding new jobs).",
+                            "content": _json("Readiness"),
+                        },
                         "503": {"description": "Not ready.", "content": _json("Readiness")},
                     },
                 }

@@ -43,6 +43,7 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
         board=board,
         final_job=lambda job_id: read_final_job(engine, job_id),
         readiness={"redis": client.ping, "postgres": postgres_ready},
+        shedding=board.shedding,
         webhooks=WebhookVerifier(engine, ttl=settings.key_cache_ttl_seconds),
         # Its own connection, without a read timeout: it mostly waits for messages.
         completions=CompletionListener(

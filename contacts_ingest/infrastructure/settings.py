@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     gateway_header_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     # How long a queued job's record lives in Redis if no worker ever finishes it.
     job_record_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    # Jobs the queue may hold before the gateway sheds new ones with 503; 0: no limit.
+    max_queued_jobs: int = Field(default=1_000_000, ge=0)
     # The most jobs a worker process applies in one transaction (see worker/batching.py).
     worker_batch_size: int = Field(default=200, ge=1, le=5000)
     # Base and cap, in seconds, of the exponential backoff for transient database errors.

@@ -21,6 +21,7 @@ from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.jobs.job import ContactJob
 from contacts_ingest.jobs.messages import CeleryMessages
+from tests.unit.fake_redis import FakeRedis
 
 KEYS = {"cik_alice": "alice", "cik_bob": "bob"}
 WEBHOOK_ENDPOINT = "whk_alice"
@@ -194,6 +195,7 @@ def make_harness(
     waits_per_user: int = 10,
     keys: Any = None,
     webhooks: Any = None,
+    max_queued: int = 0,
 ) -> Harness:
     """An in-process gateway; with ``outcome`` (code, contact or message) every job is
     final at once with it, as if a worker had been instant (for ``Prefer: wait``)."""
@@ -206,9 +208,11 @@ def make_harness(
         redis_key_prefix="t:",
     )
     server = fakeredis.FakeServer()
-    client = fakeredis.FakeRedis(server=server)
+    client = FakeRedis(server=server)
     messages = CeleryMessages(settings)
-    board = JobBoard(client, messages, key_prefix="t:", record_ttl_seconds=3600)
+    board = JobBoard(
+        client, messages, key_prefix="t:", record_ttl_seconds=3600, max_queued_jobs=max_queued
+    )
     final_rows: dict[str, dict[str, Any]] = {}
 
     def down() -> None:

@@ -9,7 +9,6 @@ from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
-import fakeredis
 import pytest
 from sqlalchemy.exc import OperationalError
 
@@ -19,6 +18,7 @@ from contacts_ingest.ingestion.service import Outcome
 from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.jobs.job import ContactJob, Refusal
 from contacts_ingest.jobs.messages import CeleryMessages
+from tests.unit.fake_redis import FakeRedis
 from worker.batching import BatchTask, Unreadable
 
 
@@ -341,7 +341,7 @@ def test_a_job_the_pool_cannot_take_goes_alone_as_unreadable_and_its_neighbours_
 @pytest.fixture
 def fake_board(monkeypatch: pytest.MonkeyPatch) -> JobBoard:
     board = JobBoard(
-        fakeredis.FakeRedis(),
+        FakeRedis(),
         CeleryMessages(Settings(redis_key_prefix="t:")),
         key_prefix="t:",
         record_ttl_seconds=60,
