@@ -243,6 +243,47 @@ def keys_list(user_id: str | None) -> None:
         click.echo(f"{info.key_id}\t{info.user_id}\t{info.created_at.isoformat()}\t{revoked}")
 
 
+@main.group()
+def jobs() -> None:
+    """Pruning old final jobs."""
+
+
+@jobs.command("prune")
+@click.option(
+    "--older-than",
+    "older_than",
+    default=None,
+    show_default="JOB_RETENTION_DAYS, default 30d",
+    help="Remove final jobs accepted longer ago than this: 30d, 12h, 0s (every final job).",
+)
+def jobs_prune(older_than: str | None) -> None:
+    """Remove old final jobs (status rows, dead letters) by dropping whole day partitions.
+
+    Contacts are never touched. Workers do this by themselves every hour with
+    JOB_RETENTION_DAYS; this does it now.
+    """
+    from datetime import timedelta
+
+    from contacts_ingest.infrastructure.database import make_engine
+    from contacts_ingest.ingestion.retention import parse_duration, prune
+
+    settings = _settings()
+    try:
+        age = (
+            parse_duration(older_than)
+            if older_than is not None
+            else timedelta(days=settings.job_retention_days)
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from exc
+    pruned = prune(make_engine(settings.database_url, pool_size=1), age)
+    click.echo(
+        f"removed final jobs accepted before {pruned.cutoff.isoformat()}: "
+        f"{len(pruned.partitions)} partition(s) dropped, {pruned.stragglers} other row(s)",
+        err=True,
+    )
+
+
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--user", "user_id", required=True, help="The user the contacts belong to.")

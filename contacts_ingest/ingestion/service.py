@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RowMapping, TextClause, func, select, text, update
 
 from contacts_ingest.infrastructure.schema import contact_jobs, contacts
+from contacts_ingest.ingestion.retention import pruned_before
 from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.jobs.job import (
     ContactJob,
@@ -296,13 +297,16 @@ class ContactIngestor:
             return [None] * len(order)
         started = datetime.now(UTC)
         ids = list(jobs)
-        attempts = {
-            job_id: max(1, n) for job_id, n in zip(ids, self._board.start_many(ids), strict=True)
-        }
+        counted = dict(zip(ids, self._board.start_many(ids), strict=True))
+        attempts = {job_id: max(1, n) for job_id, n in counted.items()}
+        # Jobs without a Redis record: final already, or pruned (see _without_pruned).
+        unrecorded = {job_id for job_id, n in counted.items() if n == 0}
         # Validation runs outside the transaction; a batch validates item by item inside.
         requests = {job.job_id: None if job.batch else _parsed(job.body) for job in jobs.values()}
         with self._engine.begin() as conn:
-            outcomes = self._apply_once(conn, jobs, requests, started=started, attempts=attempts)
+            outcomes = self._apply_once(
+                conn, jobs, requests, started=started, attempts=attempts, unrecorded=unrecorded
+            )
         self._board.forget_many(ids)
         for job_id, outcome in outcomes.items():
             log.info(
@@ -318,7 +322,7 @@ class ContactIngestor:
         answered: set[str] = set()
         results: list[Outcome | None] = []
         for named in order:
-            if named is None:
+            if named is None or named not in outcomes:  # no job, or one pruned already
                 results.append(None)
             elif named in answered:
                 results.append(replace(outcomes[named], replayed=True))
@@ -335,17 +339,30 @@ class ContactIngestor:
         *,
         started: datetime,
         attempts: dict[str, int],
+        unrecorded: set[str],
     ) -> dict[str, Outcome]:
         # Serialises concurrent deliveries of one job id (a visibility-timeout redelivery
         # racing the original): the second waits, then finds the first one's row. Locks
         # are taken in one statement, in a fixed order, so two workers cannot deadlock.
         conn.execute(_LOCK_JOBS, {"job_ids": list(jobs)})
-        done = conn.execute(select(contact_jobs).where(contact_jobs.c.job_id.in_(list(jobs))))
+        # Every delivery of a job carries its acceptance time: only the partitions of
+        # these days are searched.
+        times = [job.accepted_at_us for job in jobs.values()]
+        done = conn.execute(
+            select(contact_jobs).where(
+                contact_jobs.c.job_id.in_(list(jobs)),
+                contact_jobs.c.accepted_at.between(
+                    datetime_from_us(min(times)), datetime_from_us(max(times))
+                ),
+            )
+        )
         outcomes = {row["job_id"]: Outcome.from_row(row, replayed=True) for row in done.mappings()}
         pending = sorted(
             (job for job in jobs.values() if job.job_id not in outcomes),
             key=lambda job: job.accepted_at_us,
         )
+        if unrecorded & {job.job_id for job in pending}:
+            pending = self._without_pruned(conn, pending, unrecorded)
         applied = self._apply_in_order(conn, [job for job in pending if not job.refusal], requests)
         applied.update({job.job_id: _refused(job.refusal) for job in pending if job.refusal})
         rows: list[dict[str, Any]] = []
@@ -371,6 +388,26 @@ class ContactIngestor:
         if rows:
             conn.execute(_INSERT_STATUS_ROWS, _rows_parameter(rows))
         return outcomes
+
+    def _without_pruned(
+        self, conn: Connection, pending: list[ContactJob], unrecorded: set[str]
+    ) -> list[ContactJob]:
+        """``pending`` without the jobs that were final and have been pruned since: no
+        status row, no Redis record, accepted before the last prune. A late redelivery
+        of one is logged and dropped, never applied a second time."""
+        horizon = pruned_before(conn)  # read after the status rows: it cannot lag a prune
+        if horizon is None:
+            return pending
+        kept = []
+        for job in pending:
+            if job.job_id in unrecorded and datetime_from_us(job.accepted_at_us) < horizon:
+                log.warning(
+                    "dropping a delivery of a job pruned already",
+                    extra={"job_id": job.job_id, "request_id": job.request_id},
+                )
+            else:
+                kept.append(job)
+        return kept
 
     def _apply_in_order(
         self,

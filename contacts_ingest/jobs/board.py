@@ -109,7 +109,7 @@ class JobBoard:
             client,
             CeleryMessages(settings),
             key_prefix=settings.redis_key_prefix,
-            record_ttl_seconds=settings.job_record_ttl_seconds,
+            record_ttl_seconds=settings.job_retention_days * 24 * 3600,
             max_queued_jobs=settings.max_queued_jobs,
         )
 
