@@ -372,7 +372,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "431": {"description": "Request head (line and headers) over 64 KiB."},
                         "500": _error(
                             "An unexpected error (a bug), in the gateway, or, with Prefer:"
-                            " wait, the job's own outcome (`The job could not be applied`)."
+                            " wait, the job's own outcome (`The job could not be processed`)."
                         ),
                         "503": _error(
                             "Redis or PostgreSQL unreachable, or new jobs shed (the queue is"

@@ -99,6 +99,7 @@ class JobBoard:
         self._max_queued = max_queued_jobs
         self._admit = client.register_script(_script("admit"))
         self._admit_readonly = client.register_script(_script("admit_readonly"))
+        self._requeue = client.register_script(_script("requeue"))
         self._start = client.register_script(_script("start"))
         self._forget = client.register_script(_script("forget"))
         self._watch = client.register_script(_script("watch"))
@@ -211,6 +212,26 @@ class JobBoard:
         if 0 < int(memory.get("maxmemory", 0)) < used:
             return "out of memory"
         return None
+
+    def requeue(self, job: ContactJob, record_ttl_seconds: int) -> None:
+        """Queue ``job`` again under its own id and acceptance time (a dead-lettered job an
+        operator retries), its record saying queued. Raises ``JobsShed`` while Redis is
+        over maxmemory (the queue's length limit does not apply to an operator)."""
+        queue, head, tail = self._messages(job)
+        accepted = str(job.accepted_at_us).encode()
+        try:
+            self._requeue(
+                keys=[self.record_key(job.job_id), queue],
+                args=[
+                    job.user_id,
+                    job.operation,
+                    job.accepted_at_us,
+                    max(60, record_ttl_seconds),
+                    head + accepted + tail,
+                ],
+            )
+        except redis.exceptions.OutOfMemoryError:
+            raise JobsShed("out of memory") from None
 
     def start(self, job_id: str) -> int:
         """Mark the job as processing; return the attempt number (0 if it has no record)."""
