@@ -55,8 +55,8 @@ class BatchTask(Task):  # type: ignore[misc]
     #: once per level, within Python's limit of about 1,000); a deeper one is
     #: ``Unreadable``.
     max_depth = 200
-    #: Tries a job gets on its own after failing unexpectedly, or dying with its
-    #: process, before it is handed over as ``Exhausted``.
+    #: Deliveries a job may fail (an unexpected error, or its process dying) before it
+    #: is handed over as ``Exhausted``.
     max_attempts = 5
 
     def run_batch(self, jobs: list[Any]) -> BatchOutcome:
@@ -116,7 +116,8 @@ class _Delivery:
     message: Any
     # Sent to a pool process alone (it failed, or was in a batch that did).
     alone: bool = False
-    # Tries on its own that failed, and the last one's exception class.
+    # Deliveries that failed (an unexpected error, or its process died), and the last
+    # one's exception class.
     failures: int = 0
     error: str = ""
 
@@ -259,8 +260,8 @@ class _BatchingConsumer:
         self._dispatch()
 
     def _try_again(self, delivery: _Delivery, error: str) -> None:
-        """``delivery`` failed on its own: alone again, first in line, or, once its tries
-        are used up, as ``Exhausted`` for the task to record."""
+        """``delivery`` failed: alone again, first in line, or, once its deliveries are
+        used up, as ``Exhausted`` for the task to record."""
         delivery.failures += 1
         delivery.error = error
         delivery.alone = True

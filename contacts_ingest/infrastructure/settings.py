@@ -60,8 +60,8 @@ class Settings(BaseSettings):
     job_retention_days: int = Field(default=30, ge=1)
     # Jobs the queue may hold before the gateway sheds new ones with 503; 0: no limit.
     max_queued_jobs: int = Field(default=1_000_000, ge=0)
-    # Tries on its own a job gets after failing unexpectedly (or killing its process);
-    # after them it ends failed with 500 and is dead-lettered.
+    # Deliveries a job may fail unexpectedly (or kill its pool process on), each but the
+    # first on its own; then it ends failed with 500 and is dead-lettered.
     job_max_attempts: int = Field(default=5, ge=1)
     # The most jobs a worker process applies in one transaction (see worker/batching.py).
     worker_batch_size: int = Field(default=200, ge=1, le=5000)
