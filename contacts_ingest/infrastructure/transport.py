@@ -46,6 +46,8 @@ from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from contacts_ingest.infrastructure.redis_scripts import RedisScript
+
 logger = logging.getLogger(__name__)
 
 
@@ -242,7 +244,7 @@ class Channel(kombu_redis.Channel):
         if self._inbox_queue is None:
             return
         if self._heartbeat is None:
-            self._heartbeat = self._plain_client().register_script(_HEARTBEAT_SCRIPT)
+            self._heartbeat = RedisScript(self._plain_client(), _HEARTBEAT_SCRIPT)
         # Silent for a visibility timeout, a consumer counts as dead, like its unacked messages.
         alive_for = max(2, int(self.visibility_timeout))
         self._heartbeat(
@@ -260,7 +262,7 @@ class Channel(kombu_redis.Channel):
             ):
                 continue
             if self._reclaim is None:
-                self._reclaim = client.register_script(_RECLAIM_SCRIPT)
+                self._reclaim = RedisScript(client, _RECLAIM_SCRIPT)
             self._reclaim(
                 keys=[self._inbox_key(inbox_id, queue), self._key(queue), self._key("inboxes")],
                 args=[entry],
@@ -329,7 +331,7 @@ class Channel(kombu_redis.Channel):
         """Acknowledge ``tags``: their unacked records go, in one atomic step (allowed
         while Redis is over maxmemory; kombu's MULTI transaction is not)."""
         if self._ack is None:
-            self._ack = self._plain_client().register_script(_ACK_SCRIPT)
+            self._ack = RedisScript(self._plain_client(), _ACK_SCRIPT)
         self._ack(keys=[self._key(unacked_key), self._key(index_key)], args=tags)
 
     def _size(self, queue: str) -> int:
@@ -354,7 +356,7 @@ class Channel(kombu_redis.Channel):
         """This consumer's inbox and more of ``queue``, recorded as unacknowledged;
         ``handed`` messages are in the inbox already (BLMOVE's)."""
         if self._take is None:
-            self._take = self._plain_client().register_script(_TAKE_SCRIPT)
+            self._take = RedisScript(self._plain_client(), _TAKE_SCRIPT)
         qos = self.qos
         room = qos.can_consume_max_estimate()
         more = TAKE_AT_MOST if room is None else max(0, min(TAKE_AT_MOST, room - handed))

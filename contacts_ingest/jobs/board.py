@@ -17,6 +17,7 @@ from typing import Literal
 
 import redis
 
+from contacts_ingest.infrastructure.redis_scripts import RedisScript
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.job import (
     MAX_JOB_ID_CHARS,
@@ -97,12 +98,12 @@ class JobBoard:
         self._prefix = key_prefix
         self._ttl = record_ttl_seconds
         self._max_queued = max_queued_jobs
-        self._admit = client.register_script(_script("admit"))
-        self._admit_readonly = client.register_script(_script("admit_readonly"))
-        self._requeue = client.register_script(_script("requeue"))
-        self._start = client.register_script(_script("start"))
-        self._forget = client.register_script(_script("forget"))
-        self._watch = client.register_script(_script("watch"))
+        self._admit = RedisScript(client, _script("admit"))
+        self._admit_readonly = RedisScript(client, _script("admit_readonly"))
+        self._requeue = RedisScript(client, _script("requeue"))
+        self._start = RedisScript(client, _script("start"))
+        self._forget = RedisScript(client, _script("forget"))
+        self._watch = RedisScript(client, _script("watch"))
 
     @classmethod
     def for_settings(cls, client: redis.Redis, settings: Settings) -> JobBoard:

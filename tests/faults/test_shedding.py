@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
@@ -22,7 +24,7 @@ import requests
 from contacts_ingest.jobs.board import JobBoard, JobsShed
 from contacts_ingest.producer import ContactProducer
 from tests.conftest import unique
-from tests.e2e.conftest import create_key, service_env
+from tests.e2e.conftest import CLI, create_key, service_env
 from tests.faults.conftest import Scenario, Servers, wait_until
 from tests.faults.servers import PrivateRedis, temp_root
 
@@ -258,3 +260,26 @@ def test_a_queue_holding_max_queued_jobs_sheds_until_workers_take_some(
     accepted.update({a.job_id: a.email for a in again if a.job_id})
     scenario.wait_drained(list(accepted))
     scenario.audit(dict.fromkeys(accepted, 201), {email: 1 for email in accepted.values()})
+
+
+def test_an_import_waits_out_a_full_queue_and_loses_no_row(
+    servers: Servers, small_redis: PrivateRedis, scenarios: list[Scenario], tmp_path: Path
+) -> None:
+    scenario = shedding_scenario(servers, small_redis, 256 * 2**20, max_queued=1)
+    scenarios.append(scenario)
+    path = tmp_path / "contacts.csv"
+    path.write_text("email\n" + "".join(f"imp{i}@example.com\n" for i in range(3500)))
+    importing = subprocess.Popen(
+        [CLI, "import", str(path), "--user", scenario.user, "--no-wait"],
+        env=scenario.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(3)  # the first batch fills the queue; the others are shed meanwhile
+    assert importing.poll() is None, importing.communicate()
+    scenario.worker("drain")
+    out, err = importing.communicate(timeout=120)
+    assert importing.returncode == 0, err
+    batches = out.split()
+    assert len(batches) == 4
+    scenario.wait_drained(batches, timeout=120)
+    assert {row["code"] for row in scenario.final_rows(batches).values()} == {200}
+    assert len(scenario.contacts()) == 3500
