@@ -26,18 +26,18 @@ from api_gateway.resources import (
     ContactsResource,
     DeliveryVerifier,
     HealthResource,
-    JobResource,
+    JobsResource,
     MetricsResource,
     OpenApiResource,
     ReadyResource,
     WebhookResource,
 )
 from api_gateway.throttle import FailureThrottle
-from api_gateway.waiting import CompletionListener
+from api_gateway.waiting import CompletionListener, JobWaiter, WaitSlots
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import JobBoard, ShedReason
 from contacts_ingest.jobs.messages import json_bytes
-from contacts_ingest.jobs.status import FinalJobReader
+from contacts_ingest.jobs.status import FinalJobLister, FinalJobReader
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class GatewayDeps:
     board: JobBoard
     # Job id -> its final status row from PostgreSQL, or None.
     final_job: FinalJobReader
+    # A user's final status rows, a page at a time (contacts_ingest.jobs.status).
+    final_jobs: FinalJobLister
     # Name -> a check that raises if that dependency is unreachable.
     readiness: Mapping[str, Callable[[], Any]]
     # Webhook deliveries -> their endpoint (user and operation), or WebhookRejected.
@@ -119,13 +121,20 @@ def create_app(
     app.add_error_handler(redis.RedisError, _unavailable)
     app.add_error_handler(SQLAlchemyError, _unavailable)
 
-    intake = ContactIntake(settings, deps.board, deps.final_job, deps.completions)
-    app.add_route("/io/contacts/contacts", ContactsResource(intake))
+    slots = WaitSlots(
+        per_user=settings.wait_max_per_user, per_process=settings.wait_max_per_process
+    )
+    waiter = JobWaiter(deps.board, deps.final_job, deps.completions, slots)
+    intake = ContactIntake(settings, deps.board, waiter)
+    respond = settings.respond_default_wait
+    app.add_route("/io/contacts/contacts", ContactsResource(intake, respond_default=respond))
     app.add_route("/io/contacts/contacts/batch", ContactsResource(intake, batch=True))
     app.add_route(
         "/io/contacts/webhooks/{endpoint_id}", WebhookResource(intake, deps.webhooks, throttle)
     )
-    app.add_route("/io/contacts/jobs/{job_id}", JobResource(deps.board, deps.final_job))
+    jobs = JobsResource(deps.board, deps.final_job, deps.final_jobs, waiter)
+    app.add_route("/io/contacts/jobs", jobs)
+    app.add_route("/io/contacts/jobs/{job_id}", jobs, suffix="item")
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(deps.readiness, deps.shedding))
     app.add_route("/openapi.json", OpenApiResource(openapi_document(settings)))

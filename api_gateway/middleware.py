@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import falcon
 
 from api_gateway.throttle import FailureThrottle, TooManyFailures
+from contacts_ingest.access.keys import KeyHolder
 from contacts_ingest.infrastructure.metrics import REQUEST_SECONDS, REQUESTS
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -28,8 +29,9 @@ class RequestIdMiddleware:
 
 
 class ApiKeys(Protocol):
-    def user_for(self, key: str) -> str | None:
-        """The user of a live key; None for a missing, unknown or revoked one."""
+    def holder_for(self, key: str) -> KeyHolder | None:
+        """What a live key stands for (its user, mode, callback); None for a missing,
+        unknown or revoked one."""
 
     def seen_live(self, key: str) -> bool:
         """Whether this process last saw ``key`` live, without asking PostgreSQL."""
@@ -57,14 +59,15 @@ class AuthMiddleware:
         retry_after = self._throttle.retry_after(req.remote_addr)
         if retry_after is not None and not self._keys.seen_live(key):
             raise TooManyFailures(retry_after)
-        user_id = self._keys.user_for(key) if key else None
-        if user_id is None:
+        holder = self._keys.holder_for(key) if key else None
+        if holder is None:
             self._throttle.failed(req.remote_addr)
             raise falcon.HTTPUnauthorized(
                 description="A valid API key is required",
                 challenges=['Bearer realm="contacts-ingest"'],
             )
-        req.context.user_id = user_id
+        req.context.user_id = holder.user_id
+        req.context.key_holder = holder
 
 
 # Metric labels come from fixed sets: a client that sends its own method never adds a series.

@@ -56,6 +56,13 @@ _THROTTLED = (
 )
 
 
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    parameter = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        parameter["description"] = description
+    return parameter
+
+
 def _too_many(limit: str) -> dict[str, Any]:
     """The 429 of a write route: its quota, or failed authentications from the address."""
     sometimes = {name: {**spec, "required": False} for name, spec in _RATE_HEADERS.items()}
@@ -183,72 +190,86 @@ def _schemas() -> dict[str, Any]:
                 }
             },
         },
+        "Job": {
+            "type": "object",
+            "required": [
+                "job_id",
+                "status",
+                "operation",
+                "created_at",
+                "finished_at",
+                "result",
+                "error",
+            ],
+            "properties": {
+                "job_id": {"type": "string"},
+                "status": {"enum": ["queued", "processing", "succeeded", "failed"]},
+                "operation": {"enum": ["create", "upsert"]},
+                "created_at": _TIMESTAMP,
+                "finished_at": {"anyOf": [_TIMESTAMP, {"type": "null"}]},
+                "result": {
+                    "anyOf": [
+                        {
+                            "type": "object",
+                            "required": ["code", "data"],
+                            "properties": {
+                                "code": {"enum": [200, 201]},
+                                "data": {"$ref": "#/components/schemas/Contact"},
+                            },
+                        },
+                        {
+                            "type": "object",
+                            "description": "A batch job's outcome.",
+                            "required": ["code", "counts", "items"],
+                            "properties": {
+                                "code": {"const": 200},
+                                "counts": {"$ref": "#/components/schemas/BatchCounts"},
+                                "items": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/BatchItem"},
+                                },
+                            },
+                        },
+                        {"type": "null"},
+                    ]
+                },
+                "error": {
+                    "anyOf": [
+                        {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": {"enum": [400, 409, 500]},
+                                "message": {"type": "string"},
+                                "errors": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/FieldError"},
+                                },
+                            },
+                        },
+                        {"type": "null"},
+                    ]
+                },
+            },
+        },
         "JobStatus": {
             "type": "object",
             "required": ["data"],
+            "properties": {"data": {"$ref": "#/components/schemas/Job"}},
+        },
+        "JobList": {
+            "type": "object",
+            "required": ["data", "next_cursor"],
             "properties": {
-                "data": {
-                    "type": "object",
-                    "required": [
-                        "job_id",
-                        "status",
-                        "operation",
-                        "created_at",
-                        "finished_at",
-                        "result",
-                        "error",
-                    ],
-                    "properties": {
-                        "job_id": {"type": "string"},
-                        "status": {"enum": ["queued", "processing", "succeeded", "failed"]},
-                        "operation": {"enum": ["create", "upsert"]},
-                        "created_at": _TIMESTAMP,
-                        "finished_at": {"anyOf": [_TIMESTAMP, {"type": "null"}]},
-                        "result": {
-                            "anyOf": [
-                                {
-                                    "type": "object",
-                                    "required": ["code", "data"],
-                                    "properties": {
-                                        "code": {"enum": [200, 201]},
-                                        "data": {"$ref": "#/components/schemas/Contact"},
-                                    },
-                                },
-                                {
-                                    "type": "object",
-                                    "description": "A batch job's outcome.",
-                                    "required": ["code", "counts", "items"],
-                                    "properties": {
-                                        "code": {"const": 200},
-                                        "counts": {"$ref": "#/components/schemas/BatchCounts"},
-                                        "items": {
-                                            "type": "array",
-                                            "items": {"$ref": "#/components/schemas/BatchItem"},
-                                        },
-                                    },
-                                },
-                                {"type": "null"},
-                            ]
-                        },
-                        "error": {
-                            "anyOf": [
-                                {
-                                    "type": "object",
-                                    "required": ["code", "message"],
-                                    "properties": {
-                                        "code": {"enum": [400, 409, 500]},
-                                        "message": {"type": "string"},
-                                        "errors": {
-                                            "type": "array",
-                                            "items": {"$ref": "#/components/schemas/FieldError"},
-                                        },
-                                    },
-                                },
-                                {"type": "null"},
-                            ]
-                        },
-                    },
-                }
+                "data": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                "next_cursor": {
+                    "type": ["string", "null"],
+                    "description": (
+                        "Pass it as `cursor` for the next page; null when there is no"
+                        " more. A page may hold fewer than `limit` jobs and still have a"
+                        " next one."
+                    ),
+                },
             },
         },
         "Health": {
@@ -324,14 +345,23 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                 " job is final and answer as the synchronous API would (201 or"
                                 " 200 with the contact, 400, 409 or 500 with the error, plus"
                                 " `Preference-Applied`); not final within N seconds: 202."
+                                " `respond-async`: the 202 at once. Without either, the key's"
+                                " mode decides (`keys create --respond`, else"
+                                " `RESPOND_DEFAULT`): a key in wait mode is answered as if it"
+                                " had sent `wait=N`, without `Preference-Applied`."
                             ),
                             "schema": {"type": "string"},
                         },
                     ],
                     "requestBody": {"required": True, "content": _json("ContactRequest")},
                     "responses": {
-                        "200": _synchronous("Prefer: wait, and an upsert updated the contact."),
-                        "201": _synchronous("Prefer: wait, and the contact was created."),
+                        "200": _synchronous(
+                            "Prefer: wait (or a key in wait mode), and an upsert updated the"
+                            " contact."
+                        ),
+                        "201": _synchronous(
+                            "Prefer: wait (or a key in wait mode), and the contact was created."
+                        ),
                         "202": {
                             "description": "Accepted and queued.",
                             "headers": {
@@ -346,6 +376,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                     "required": False,
                                     "schema": {"const": "true"},
                                 },
+                                "Preference-Applied": {
+                                    "description": "`respond-async`, when the request"
+                                    " preferred it.",
+                                    "required": False,
+                                    "schema": {"const": "respond-async"},
+                                },
                             },
                             "content": _json("JobAccepted"),
                         },
@@ -359,8 +395,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         ),
                         "401": unauthorized,
                         "409": _error(
-                            "Prefer: wait, and the job's outcome: a contact with this email"
-                            " already exists (a plain create)."
+                            "Prefer: wait (or a key in wait mode), and the job's outcome: a"
+                            " contact with this email already exists (a plain create)."
                         ),
                         "422": _error(
                             "This Idempotency-Key was used for a different request"
@@ -382,6 +418,47 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
+            "/io/contacts/jobs": {
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "The caller's jobs, newest first, a page at a time",
+                    "description": (
+                        "Jobs of the key's user only, newest first (by acceptance time,"
+                        " ties by job id). Following `next_cursor` never repeats or skips a"
+                        " job, even while new jobs arrive or listed ones finish."
+                    ),
+                    "parameters": [
+                        _query("status", {"enum": ["queued", "processing", "succeeded", "failed"]}),
+                        _query(
+                            "since",
+                            {"type": "string", "format": "date-time"},
+                            "Only jobs accepted at or after this RFC 3339 date-time.",
+                        ),
+                        _query(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                        ),
+                        _query(
+                            "cursor",
+                            {"type": "string"},
+                            "The `next_cursor` of the previous page (opaque).",
+                        ),
+                    ],
+                    "responses": {
+                        "200": {"description": "A page of jobs.", "content": _json("JobList")},
+                        "400": _error(
+                            "A parameter is bad; `error` and `errors` name it:"
+                            " `status must be queued, processing, succeeded or failed`,"
+                            " `since must be an RFC 3339 date-time ...`, `limit must be an"
+                            " integer from 1 to 100`, `cursor must be the next_cursor of an"
+                            " earlier page`."
+                        ),
+                        "401": unauthorized,
+                        "429": _error(f"Refused before any lookup: {_THROTTLED}", _RETRY_AFTER),
+                        "503": unavailable,
+                    },
+                }
+            },
             "/io/contacts/jobs/{job_id}": {
                 "get": {
                     "operationId": "getJob",
@@ -392,10 +469,32 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "in": "path",
                             "required": True,
                             "schema": {"type": "string"},
-                        }
+                        },
+                        {
+                            "name": "Prefer",
+                            "in": "header",
+                            "required": False,
+                            "description": (
+                                "`wait=N` (RFC 7240, N at most 10): answer once the job is"
+                                " final, or after N seconds with its status then, with"
+                                " `Preference-Applied: wait=N` (not when too many requests"
+                                " wait already: then at once, without it)."
+                            ),
+                            "schema": {"type": "string"},
+                        },
                     ],
                     "responses": {
-                        "200": {"description": "The job.", "content": _json("JobStatus")},
+                        "200": {
+                            "description": "The job.",
+                            "headers": {
+                                "Preference-Applied": {
+                                    "description": "`wait=N`, when the request asked to wait.",
+                                    "required": False,
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                            "content": _json("JobStatus"),
+                        },
                         "401": unauthorized,
                         "404": _error("No such job for this key's user."),
                         "429": _error(f"Refused before any lookup: {_THROTTLED}", _RETRY_AFTER),

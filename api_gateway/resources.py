@@ -8,8 +8,8 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 import falcon
@@ -17,21 +17,28 @@ import orjson
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from api_gateway.gate import STEP_OUT
 from api_gateway.throttle import FailureThrottle, TooManyFailures
-from api_gateway.waiting import CompletionListener, WaitSlots, preferred_wait
+from api_gateway.waiting import JobWaiter, preferred_wait, prefers_async
+from contacts_ingest.access.keys import KeyHolder
 from contacts_ingest.access.webhooks import WebhookEndpoint, WebhookRejected
-from contacts_ingest.infrastructure.metrics import (
-    ENQUEUE_FAILURES,
-    RATE_LIMITED,
-    SHED,
-    WAITS_DECLINED,
-    scrape,
-)
+from contacts_ingest.infrastructure.metrics import ENQUEUE_FAILURES, RATE_LIMITED, SHED, scrape
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import Idempotency, JobBoard, ShedReason
+from contacts_ingest.jobs.callbacks import CallbackRoute
 from contacts_ingest.jobs.job import ContactJob, Operation, new_job_id
-from contacts_ingest.jobs.status import FinalJobReader, job_status
+from contacts_ingest.jobs.status import (
+    FINAL_STATUSES,
+    LATEST_US,
+    PENDING_STATUSES,
+    FinalJobLister,
+    FinalJobReader,
+    decode_cursor,
+    encode_cursor,
+    final_job_document,
+    job_status,
+    list_jobs,
+    us_from_datetime,
+)
 from contacts_ingest.model.contact import ContactInvalid, FieldError, parse_batch, parse_contact
 from contacts_ingest.model.json_input import (
     DEPTH_MESSAGE,
@@ -189,19 +196,9 @@ class ContactIntake:
     """Validate, count against the quota, enqueue: what every write route does once it
     knows the user."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        board: JobBoard,
-        final_job: FinalJobReader,
-        completions: CompletionListener | None,
-    ) -> None:
+    def __init__(self, settings: Settings, board: JobBoard, waiter: JobWaiter) -> None:
         self._board = board
-        self._final_job = final_job
-        self._completions = completions
-        self._wait_slots = WaitSlots(
-            per_user=settings.wait_max_per_user, per_process=settings.wait_max_per_process
-        )
+        self._waiter = waiter
         self._quotas = {
             False: _Quota(
                 "writes", settings.rate_limit_writes, settings.rate_limit_window_seconds,
@@ -223,13 +220,16 @@ class ContactIntake:
         read_body: Callable[[], bytes],
         key: IdempotencyKey | None,
         batch: bool = False,
-        may_wait: bool = True,
+        respond_wait: int | None = 0,
+        callback: CallbackRoute | None = None,
     ) -> None:
         """Answer 202 with a new (or, for a repeated key, the original) job, or the 4xx.
 
         A batch (``{"contacts": [...]}``) has its own quota; its items are validated one
-        by one by the worker, so one bad contact does not refuse the others. Unless
-        ``may_wait`` is false, ``Prefer: wait`` answers with the job's outcome instead.
+        by one by the worker, so one bad contact does not refuse the others.
+        ``respond_wait`` is how long to wait for the job's outcome (0: not at) unless
+        the client's Prefer header says otherwise; None ignores Prefer too (never wait).
+        With ``callback``, the job's outcome is also POSTed there once final.
         """
         quota = self._quotas[batch]
         job_id = new_job_id()
@@ -269,6 +269,7 @@ class ContactIntake:
                 limit=(quota.limit, quota.window),
                 idempotency=idempotency,
                 quota=quota.name,
+                callback=callback,
             )
         except redis.RedisError:
             ENQUEUE_FAILURES.inc()
@@ -287,7 +288,7 @@ class ContactIntake:
         )
         if admission.idempotency == "replay" and admission.original is not None:
             resp.set_header("Idempotent-Replayed", "true")
-            self._answer(req, resp, user_id, *admission.original, may_wait=may_wait)
+            self._answer(req, resp, user_id, *admission.original, respond_wait=respond_wait)
             return
         if not admission.allowed:
             RATE_LIMITED.labels(quota.name).inc()
@@ -304,7 +305,7 @@ class ContactIntake:
             "job accepted",
             extra={"job_id": job_id, "request_id": job.request_id, "operation": requested},
         )
-        self._answer(req, resp, user_id, job_id, requested, may_wait=may_wait)
+        self._answer(req, resp, user_id, job_id, requested, respond_wait=respond_wait)
 
     def _answer(
         self,
@@ -314,28 +315,38 @@ class ContactIntake:
         job_id: str,
         operation: str,
         *,
-        may_wait: bool,
+        respond_wait: int | None,
     ) -> None:
-        """202 with the job; or, asked to wait (``Prefer: wait=N``) where ``may_wait``, the
-        job's own outcome if it is final within N seconds, as the synchronous API would.
+        """202 with the job; or, waiting (the client's ``Prefer: wait=N``, else the key's
+        mode, unless the client prefers ``respond-async``), the job's own outcome if it
+        is final in time, as the synchronous API would answer.
 
         Only so many requests wait at once (``WAIT_MAX_PER_USER``, ``WAIT_MAX_PER_PROCESS``);
-        past that, the 202 at once, as without the preference.
+        past that, the 202 at once, as without the preference. ``Preference-Applied``
+        names only what the client itself asked for.
         """
         resp.location = f"/io/contacts/jobs/{job_id}"
-        wait = preferred_wait(req.get_header("Prefer")) if may_wait else None
+        applied: str | None = None
         final = None
-        if wait and self._completions:
-            with self._wait_slots.slot(user_id) as slot:
-                if slot:
-                    final = self._await_final(req, job_id, wait)
-                else:
-                    WAITS_DECLINED.inc()
+        if respond_wait is not None:
+            prefer = req.get_header("Prefer")
+            wait = preferred_wait(prefer)
+            if wait is not None:
+                applied = f"wait={wait}"
+            elif prefers_async(prefer):
+                wait, applied = 0, "respond-async"
+            else:
+                wait = respond_wait
+            if wait:
+                final = self._waiter.final_within(req, user_id, job_id, wait)[1]
         if final is None:
             resp.status = falcon.HTTP_202
             resp.media = {"data": {"job_id": job_id, "status": "queued", "operation": operation}}
+            if applied == "respond-async":
+                resp.set_header("Preference-Applied", applied)
             return
-        resp.set_header("Preference-Applied", f"wait={wait}")
+        if applied is not None:
+            resp.set_header("Preference-Applied", applied)
         resp.status = falcon.code_to_http_status(final["code"])
         if final["status"] == "succeeded" and "counts" in final["result"]:  # a batch
             result = final["result"]
@@ -347,28 +358,6 @@ class ContactIntake:
             resp.media = {"error": error["message"]}
             if error.get("errors"):
                 resp.media["errors"] = error["errors"]
-
-    def _await_final(self, req: falcon.Request, job_id: str, seconds: int) -> Any:
-        """The job's final row once it exists, within ``seconds``; None after that.
-
-        Reads PostgreSQL at most twice: once after subscribing (the job may already be
-        final) and once when the worker's completion message arrives.
-        """
-        assert self._completions is not None
-        try:
-            done = self._completions.register(job_id)
-        except redis.RedisError:
-            return None  # no subscription: answer 202 as without the preference
-        try:
-            self._board.watch(job_id)
-            final = self._final_job(job_id)
-            if final is None:
-                with req.env.get(STEP_OUT, nullcontext)():
-                    done.wait(seconds)
-                final = self._final_job(job_id)
-            return final
-        finally:
-            self._completions.unregister(job_id)
 
 
 def _requested_operation(req: falcon.Request) -> Operation:
@@ -385,15 +374,25 @@ def _requested_operation(req: falcon.Request) -> Operation:
 
 class ContactsResource:
     """POST /io/contacts/contacts (one contact) and, with ``batch``, .../batch (up to
-    1,000 as one job): writes authenticated by the user's bearer key."""
+    1,000 as one job): writes authenticated by the user's bearer key.
 
-    def __init__(self, intake: ContactIntake, *, batch: bool = False) -> None:
+    A single write is answered as the key's mode says (``keys create --respond``, else
+    ``RESPOND_DEFAULT``): the reference's synchronous answers for clients written
+    against it. A batch is not in the reference: it waits only when asked to (Prefer).
+    """
+
+    def __init__(
+        self, intake: ContactIntake, *, respond_default: int = 0, batch: bool = False
+    ) -> None:
         self._intake = intake
+        self._respond_default = respond_default
         self._batch = batch
         self._max_body = MAX_BATCH_BODY_BYTES if batch else MAX_BODY_BYTES
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         header = req.get_header("Idempotency-Key")
+        holder: KeyHolder = req.context.key_holder
+        respond = holder.respond_wait_seconds
         self._intake.accept(
             req,
             resp,
@@ -402,6 +401,12 @@ class ContactsResource:
             read_body=lambda: _read_body(req, self._max_body),
             key=IdempotencyKey(header) if header is not None else None,
             batch=self._batch,
+            respond_wait=0
+            if self._batch
+            else self._respond_default
+            if respond is None
+            else respond,
+            callback=holder.callback,
         )
 
 
@@ -462,7 +467,8 @@ class WebhookResource:
             operation=lambda: endpoint.operation,
             read_body=read_body,
             key=IdempotencyKey(headers["webhook-id"], header="webhook-id", namespace="webhook"),
-            may_wait=False,
+            respond_wait=None,
+            callback=endpoint.callback,
         )
 
 
@@ -476,19 +482,100 @@ class MetricsResource:
         resp.content_type = CONTENT_TYPE_LATEST
 
 
-class JobResource:
-    """GET /io/contacts/jobs/{job_id}: a job's status, to its owner only."""
+class JobsResource:
+    """GET /io/contacts/jobs (the caller's jobs, newest first, a page at a time) and
+    GET /io/contacts/jobs/{job_id} (one job's status): to their owner only."""
 
-    def __init__(self, board: JobBoard, final_job: FinalJobReader) -> None:
+    def __init__(
+        self, board: JobBoard, final_job: FinalJobReader, final_jobs: FinalJobLister,
+        waiter: JobWaiter,
+    ) -> None:  # fmt: skip
         self._board = board
         self._final_job = final_job
+        self._final_jobs = final_jobs
+        self._waiter = waiter
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        document = job_status(self._board, self._final_job, job_id, req.context.user_id)
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        query = _listing_query(req)
+        documents, more = list_jobs(self._board, self._final_jobs, req.context.user_id, **query)
+        resp.media = {"data": documents, "next_cursor": encode_cursor(more) if more else None}
+
+    def on_get_item(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        user_id = req.context.user_id
+        document = job_status(self._board, self._final_job, job_id, user_id)
+        wait = preferred_wait(req.get_header("Prefer"))
+        if document is not None and wait and document["status"] not in FINAL_STATUSES:
+            waited, final = self._waiter.final_within(req, user_id, job_id, wait)
+            if waited:
+                resp.set_header("Preference-Applied", f"wait={wait}")
+            if final is not None:
+                document = final_job_document(final)
+            elif waited:
+                document = job_status(self._board, self._final_job, job_id, user_id)
+        elif document is not None and wait is not None:
+            resp.set_header("Preference-Applied", f"wait={wait}")  # final already
         if document is None:
             # Another user's job is indistinguishable from one that does not exist.
             raise falcon.HTTPNotFound(description="Job not found")
         resp.media = {"data": document}
+
+
+MAX_PAGE = 100
+DEFAULT_PAGE = 20
+_LISTING_PROBLEMS = {
+    "status": "status must be queued, processing, succeeded or failed",
+    "since": "since must be an RFC 3339 date-time such as 2026-06-11T12:00:00Z"
+    " (in a URL, write + as %2B)",
+    "limit": f"limit must be an integer from 1 to {MAX_PAGE}",
+    "cursor": "cursor must be the next_cursor of an earlier page",
+}
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:[Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _listing_query(req: falcon.Request) -> dict[str, Any]:
+    """The listing's parameters, or a 400 naming every bad one."""
+    values: dict[str, str | None] = {}
+    bad: list[str] = []
+    for name in _LISTING_PROBLEMS:
+        value = req.params.get(name)
+        if isinstance(value, list):
+            bad.append(name)
+        else:
+            values[name] = value
+    query: dict[str, Any] = {"limit": DEFAULT_PAGE}
+    status, since, limit, cursor = (values.get(n) for n in _LISTING_PROBLEMS)
+    if status is not None:
+        if status in (*PENDING_STATUSES, *FINAL_STATUSES):
+            query["status"] = status
+        else:
+            bad.append("status")
+    if since is not None:
+        try:
+            if not _RFC3339.match(since):
+                raise ValueError(since)
+            since_us = us_from_datetime(datetime.fromisoformat(since.upper()))
+            # Every job was accepted after 1970; none after the year 9999.
+            query["since_us"] = min(since_us, LATEST_US) if since_us > 0 else None
+        except (ValueError, OverflowError):
+            bad.append("since")
+    if limit is not None:
+        if limit.isascii() and limit.isdigit() and len(limit) <= 3 and 1 <= int(limit) <= MAX_PAGE:
+            query["limit"] = int(limit)
+        else:
+            bad.append("limit")
+    if cursor is not None:
+        try:
+            query["below"] = decode_cursor(cursor)
+        except ValueError:
+            bad.append("cursor")
+    if bad:
+        errors = [
+            FieldError(name, _LISTING_PROBLEMS[name]) for name in _LISTING_PROBLEMS if name in bad
+        ]
+        raise InvalidRequest(errors[0]["message"], errors)
+    return query
 
 
 class HealthResource:

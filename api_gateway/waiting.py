@@ -4,7 +4,8 @@ One Redis subscription per gateway process (a pattern over the completion channe
 feeds every waiting request: a worker publishes on a job's channel right after the
 job's final row committed, and only when someone asked to wait for it. A waiting
 request holds a server thread, so ``WaitSlots`` bounds how many wait at once, per
-user and per process: past either bound, the request is answered 202 at once.
+user and per process: past either bound, the request is answered at once. Writes (a
+202) and job reads (the job as it stands) wait alike, in the same slots.
 """
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
+import falcon
 import redis
+from sqlalchemy import RowMapping
+
+from api_gateway.gate import STEP_OUT
+from contacts_ingest.infrastructure.metrics import WAITS_DECLINED
+from contacts_ingest.infrastructure.settings import MAX_WAIT_SECONDS
+from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.status import FinalJobReader
 
 log = logging.getLogger(__name__)
 
-MAX_WAIT_SECONDS = 10
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,6})\"?(?=$|[,;\s])", re.IGNORECASE)
+_PREFER_ASYNC = re.compile(r"(?:^|,)\s*respond-async\s*(?=$|[,;])", re.IGNORECASE)
 
 
 def preferred_wait(prefer: str | None) -> int | None:
@@ -33,6 +42,11 @@ def preferred_wait(prefer: str | None) -> int | None:
     if match is None:
         return None
     return min(int(match.group(1)), MAX_WAIT_SECONDS)
+
+
+def prefers_async(prefer: str | None) -> bool:
+    """Whether a Prefer header (RFC 7240) has the ``respond-async`` preference."""
+    return bool(prefer and _PREFER_ASYNC.search(prefer))
 
 
 class WaitSlots:
@@ -124,3 +138,50 @@ class CompletionListener:
             event = self._waiters.get(job_id)
         if event is not None:
             event.set()
+
+
+class JobWaiter:
+    """Waits for a job to be final, within the wait slots; PostgreSQL is read at most
+    twice per wait (after subscribing, the job may be final already; on the message)."""
+
+    def __init__(
+        self,
+        board: JobBoard,
+        final_job: FinalJobReader,
+        completions: CompletionListener | None,
+        slots: WaitSlots,
+    ) -> None:
+        self._board = board
+        self._final_job = final_job
+        self._completions = completions
+        self._slots = slots
+
+    def final_within(
+        self, req: falcon.Request, user_id: str, job_id: str, seconds: int
+    ) -> tuple[bool, RowMapping | None]:
+        """(whether it waited, the job's final row or None) within ``seconds``.
+
+        It does not wait when ``user_id`` or the process already has the most requests
+        waiting (counted in ``contacts_gateway_waits_declined_total``), or when the
+        completion subscription cannot be had.
+        """
+        if self._completions is None:
+            return False, None
+        with self._slots.slot(user_id) as slot:
+            if not slot:
+                WAITS_DECLINED.inc()
+                return False, None
+            try:
+                done = self._completions.register(job_id)
+            except redis.RedisError:
+                return False, None  # no subscription: answer as without the preference
+            try:
+                self._board.watch(job_id)
+                final = self._final_job(job_id)
+                if final is None:
+                    with req.env.get(STEP_OUT, nullcontext)():
+                        done.wait(seconds)
+                    final = self._final_job(job_id)
+                return True, final
+            finally:
+                self._completions.unregister(job_id)

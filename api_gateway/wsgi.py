@@ -5,6 +5,7 @@ Served by ``contacts-ingest serve`` (granian); any WSGI server can load ``api_ga
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import redis
@@ -19,7 +20,7 @@ from contacts_ingest.infrastructure.logs import configure_logging
 from contacts_ingest.infrastructure.schema import require_current_schema
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import JobBoard
-from contacts_ingest.jobs.status import read_final_job
+from contacts_ingest.jobs.status import read_final_job, read_final_jobs
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -42,6 +43,7 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
         keys=KeyResolver(engine, ttl=settings.key_cache_ttl_seconds),
         board=board,
         final_job=lambda job_id: read_final_job(engine, job_id),
+        final_jobs=partial(read_final_jobs, engine),
         readiness={"redis": client.ping, "postgres": postgres_ready},
         shedding=board.shedding,
         webhooks=WebhookVerifier(engine, ttl=settings.key_cache_ttl_seconds),

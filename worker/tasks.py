@@ -22,6 +22,7 @@ from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.ingestion.dead_letters import record_dead_letter, revive
 from contacts_ingest.ingestion.service import ContactIngestor, Outcome
 from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.callbacks import CallbackRoute
 from contacts_ingest.jobs.job import (
     PROCESSING_FAILED_MESSAGE,
     TASK_NAME,
@@ -186,9 +187,12 @@ def _record_dead(exhausted: Exhausted) -> BatchOutcome:
         job = ContactJob.from_message(readable) if isinstance(readable, dict) else readable
         if not isinstance(job, ContactJob):
             return BatchOutcome()  # names no job: nothing to record it in
+        record = board().pending(job.job_id) or {}
+        owner, lane = record.get("callback"), record.get("callback_lane")
         record_dead_letter(
-            engine(), job, readable, attempts=exhausted.attempts, error=exhausted.error
-        )
+            engine(), job, readable, attempts=exhausted.attempts, error=exhausted.error,
+            callback=CallbackRoute(owner, lane) if owner and lane else None,
+        )  # fmt: skip
         outcomes = _process([replace(job, refusal=Refusal(500, PROCESSING_FAILED_MESSAGE))])
     except TRANSIENT_ERRORS:
         return BatchOutcome(hand_back=(0,))  # it comes back, and is tried again

@@ -22,8 +22,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, func, insert, or_, select, update
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from contacts_ingest.access.callback_targets import CallbackTarget, route_to
 from contacts_ingest.access.lookup_cache import LookupCache
 from contacts_ingest.infrastructure.schema import webhook_endpoints, webhook_secrets
+from contacts_ingest.jobs.callbacks import CallbackRoute
 from contacts_ingest.jobs.job import MAX_USER_ID_CHARS, OPERATIONS, Operation
 
 ENDPOINT_PREFIX = "whk_"
@@ -37,10 +39,12 @@ class WebhookRejected(Exception):
 
 @dataclass(frozen=True, slots=True)
 class WebhookEndpoint:
-    """What a verified delivery acts as: the endpoint's user and its fixed operation."""
+    """What a verified delivery acts as: the endpoint's user and its fixed operation,
+    and where its jobs' outcomes go."""
 
     user_id: str
     operation: Operation
+    callback: CallbackRoute | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +72,14 @@ def _add_secret(conn: Connection, endpoint_id: str) -> str:
 
 
 def create_endpoint(
-    engine: Engine, user_id: str, operation: Operation = "create"
+    engine: Engine,
+    user_id: str,
+    operation: Operation = "create",
+    *,
+    callback: CallbackTarget | None = None,
 ) -> tuple[str, str]:
     """Create an endpoint for ``user_id`` whose every delivery is ``operation``; return
-    (endpoint_id, secret)."""
+    (endpoint_id, secret). With ``callback`` its jobs' outcomes are POSTed there."""
     if not user_id or len(user_id) > MAX_USER_ID_CHARS:
         raise ValueError(f"user id must be 1 to {MAX_USER_ID_CHARS} characters")
     if operation not in OPERATIONS:
@@ -80,7 +88,11 @@ def create_endpoint(
     with engine.begin() as conn:
         conn.execute(
             insert(webhook_endpoints).values(
-                endpoint_id=endpoint_id, user_id=user_id, operation=operation
+                endpoint_id=endpoint_id,
+                user_id=user_id,
+                operation=operation,
+                callback_url=callback.url if callback else None,
+                callback_secret=callback.secret if callback else None,
             )
         )
         secret = _add_secret(conn, endpoint_id)
@@ -212,6 +224,7 @@ class WebhookVerifier:
                 select(
                     webhook_endpoints.c.user_id,
                     webhook_endpoints.c.operation,
+                    webhook_endpoints.c.callback_url,
                     webhook_secrets.c.secret,
                 )
                 .join(webhook_secrets)
@@ -228,7 +241,9 @@ class WebhookVerifier:
         if not rows:
             return None
         operation: Operation = "upsert" if rows[0].operation == "upsert" else "create"
-        endpoint = WebhookEndpoint(str(rows[0].user_id), operation)
+        endpoint = WebhookEndpoint(
+            str(rows[0].user_id), operation, route_to(endpoint_id, rows[0].callback_url)
+        )
         return endpoint, [Webhook(row.secret) for row in rows]
 
 

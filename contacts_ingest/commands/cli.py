@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -15,6 +16,7 @@ from contacts_ingest.infrastructure.logs import configure_logging, describe_exce
 from contacts_ingest.infrastructure.settings import Settings
 
 if TYPE_CHECKING:
+    from contacts_ingest.access.callback_targets import CallbackTarget
     from contacts_ingest.commands.importer import Summary
     from contacts_ingest.jobs.job import Operation
     from contacts_ingest.producer import ContactProducer
@@ -179,6 +181,8 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
     from celery.bin.celery import celery as celery_command
     from click.exceptions import Exit
 
+    # Callbacks go out from a process of their own, so they never hold back ingestion.
+    sender = _CallbackSenderProcess() if settings.callback_origins else None
     # The Celery app is named, as granian is given the gateway's: the core imports no edge.
     try:
         celery_command.main(
@@ -196,6 +200,41 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
         )
     except Exit as exc:
         raise SystemExit(exc.exit_code) from None
+    finally:
+        if sender is not None:
+            sender.stop()
+
+
+class _CallbackSenderProcess:
+    """``python -m contacts_ingest.callbacks`` beside the worker, started again if it
+    dies, stopped (its attempts in progress finished) when the worker stops."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._stopping = threading.Event()
+        self._process = self._start()
+        threading.Thread(target=self._watch, name="callback-sender", daemon=True).start()
+
+    @staticmethod
+    def _start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "contacts_ingest.callbacks"])
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            code = self._process.wait()
+            if self._stopping.wait(1):
+                return
+            logging.getLogger(__name__).error("callback sender exited (%s); restarting", code)
+            self._process = self._start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
 
 
 @main.group()
@@ -203,19 +242,61 @@ def keys() -> None:
     """Create, revoke and list API keys."""
 
 
+def _respond_mode(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from contacts_ingest.infrastructure.settings import parse_respond_mode
+
+    try:
+        return None if value is None else parse_respond_mode(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _callback_target(url: str | None) -> CallbackTarget | None:
+    """A target with a fresh signing secret for ``url``, if CALLBACK_ALLOWED_HOSTS allows
+    its origin; otherwise a usage error (exit status 2) saying why."""
+    from contacts_ingest.access.callback_targets import CallbackRefused, new_callback_target
+
+    if url is None:
+        return None
+    try:
+        return new_callback_target(url, _settings().callback_origins)
+    except CallbackRefused as exc:
+        raise click.BadParameter(str(exc), param_hint="--callback-url") from None
+
+
+_CALLBACK_HELP = (
+    "POST the outcome of each of its jobs here once final, signed (Standard Webhooks);"
+    " its origin must be in CALLBACK_ALLOWED_HOSTS. The signing secret is printed on a"
+    " second line, only here."
+)
+
+
 @keys.command("create")
 @click.option("--user", "user_id", required=True, help="The user the key acts for.")
-def keys_create(user_id: str) -> None:
+@click.option(
+    "--respond",
+    default=None,
+    callback=_respond_mode,
+    metavar="async|wait|wait=N",
+    help="How its writes are answered: async (202 at once), or wait (5 s) / wait=N (N up"
+    " to 10) for the outcome as the reference API answers (201/200 or 409/400), 202 if"
+    " not final by then. Default: RESPOND_DEFAULT.",
+)
+@click.option("--callback-url", default=None, help=_CALLBACK_HELP)
+def keys_create(user_id: str, respond: int | None, callback_url: str | None) -> None:
     """Create a key and print it (only it) on stdout. It is not shown again."""
     from contacts_ingest.access.keys import create_key
     from contacts_ingest.infrastructure.database import make_engine
 
+    callback = _callback_target(callback_url)
     engine = make_engine(_settings().database_url, pool_size=1)
     try:
-        key_id, key = create_key(engine, user_id)
+        key_id, key = create_key(engine, user_id, respond_wait_seconds=respond, callback=callback)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--user") from exc
     click.echo(key)
+    if callback is not None:
+        click.echo(callback.secret)
     click.echo(f"created {key_id} for user {user_id}", err=True)
 
 
@@ -234,13 +315,21 @@ def keys_revoke(key_or_id: str) -> None:
 @keys.command("list")
 @click.option("--user", "user_id", default=None, help="Only this user's keys.")
 def keys_list(user_id: str | None) -> None:
-    """List keys (ids, users, dates; never the keys themselves)."""
+    """List keys: ids, users, dates, response mode, callback URL (never the keys)."""
     from contacts_ingest.access.keys import list_keys
     from contacts_ingest.infrastructure.database import make_engine
+    from contacts_ingest.infrastructure.settings import respond_mode_text
 
-    for info in list_keys(make_engine(_settings().database_url, pool_size=1), user_id):
+    settings = _settings()
+    default = f"{respond_mode_text(settings.respond_default_wait)} (RESPOND_DEFAULT)"
+    for info in list_keys(make_engine(settings.database_url, pool_size=1), user_id):
         revoked = info.revoked_at.isoformat() if info.revoked_at else "-"
-        click.echo(f"{info.key_id}\t{info.user_id}\t{info.created_at.isoformat()}\t{revoked}")
+        wait = info.respond_wait_seconds
+        mode = default if wait is None else respond_mode_text(wait)
+        click.echo(
+            f"{info.key_id}\t{info.user_id}\t{info.created_at.isoformat()}\t{revoked}"
+            f"\t{mode}\t{info.callback_url or '-'}"
+        )
 
 
 @main.group()
@@ -446,19 +535,26 @@ def webhooks() -> None:
     help="Every delivery upserts (default: creates, 409 if the contact exists). Fixed for"
     " the endpoint's life; nothing in the URL changes it.",
 )
-def webhooks_create(user_id: str, upsert: bool) -> None:
+@click.option("--callback-url", default=None, help=_CALLBACK_HELP)
+def webhooks_create(user_id: str, upsert: bool, callback_url: str | None) -> None:
     """Create an endpoint; print its path and signing secret (shown only here)."""
     from contacts_ingest.access.webhooks import create_endpoint
     from contacts_ingest.infrastructure.database import make_engine
 
     operation: Operation = "upsert" if upsert else "create"
+    callback = _callback_target(callback_url)
     try:
         endpoint_id, secret = create_endpoint(
-            make_engine(_settings().database_url, pool_size=1), user_id, operation
+            make_engine(_settings().database_url, pool_size=1),
+            user_id,
+            operation,
+            callback=callback,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--user") from exc
     click.echo(f"/io/contacts/webhooks/{endpoint_id}\t{secret}")
+    if callback is not None:
+        click.echo(callback.secret)
     click.echo(f"created {endpoint_id} for user {user_id}: its deliveries {operation}", err=True)
 
 

@@ -71,6 +71,12 @@ BATCH_JOBS = Histogram(
 RETRIES = Counter(
     "contacts_worker_retries_total", "Attempts at a batch of jobs that met a transient error."
 )
+CALLBACKS = Counter(
+    "contacts_worker_callbacks_total",
+    "Completion callbacks by outcome: delivered (a 2xx answer), retried (an attempt failed;"
+    " another follows), abandoned (failing still after the retry window, or refused).",
+    ["outcome"],
+)
 
 
 def scrape() -> bytes:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSON, JSONB, UUID
@@ -77,6 +78,15 @@ contact_jobs = Table(
     Column("finished_at", DateTime(timezone=True), nullable=False),
     CheckConstraint("operation IN ('create', 'upsert')", name="contact_jobs_operation_valid"),
     CheckConstraint("status IN ('succeeded', 'failed')", name="contact_jobs_status_final"),
+    # A user's jobs newest first, ties by job id in byte order (contacts_ingest.jobs.status).
+    Index("contact_jobs_by_user", "user_id", "accepted_at", text('job_id COLLATE "C"')),
+    Index(
+        "contact_jobs_failed_by_user",
+        "user_id",
+        "accepted_at",
+        text('job_id COLLATE "C"'),
+        postgresql_where=text("status = 'failed'"),
+    ),
     postgresql_partition_by="RANGE (accepted_at)",
 )
 
@@ -96,6 +106,10 @@ dead_jobs = Table(
     Column("failed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     # The job as its message carried it, to queue it again; null if it could not be read.
     Column("message", JSON),
+    # Who its completion callback goes to, and the receiver's origin (or null): a retry
+    # that succeeds is called back too.
+    Column("callback_owner", String(40)),
+    Column("callback_lane", Text),
     postgresql_partition_by="RANGE (accepted_at)",
 )
 
@@ -119,6 +133,13 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("revoked_at", DateTime(timezone=True)),
+    # Seconds a write waits for its outcome: 0 async, NULL the deployment's RESPOND_DEFAULT.
+    Column("respond_wait_seconds", Integer),
+    # Where the outcome of each of its jobs is POSTed, signed with the secret (whsec_...,
+    # stored as is: HMAC needs it).
+    Column("callback_url", Text),
+    Column("callback_secret", String(100)),
+    CheckConstraint("respond_wait_seconds BETWEEN 0 AND 10", name="api_keys_respond_wait_valid"),
 )
 
 webhook_endpoints = Table(
@@ -130,6 +151,8 @@ webhook_endpoints = Table(
     Column("operation", String(10), nullable=False, server_default="create"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("revoked_at", DateTime(timezone=True)),
+    Column("callback_url", Text),
+    Column("callback_secret", String(100)),
     CheckConstraint("operation IN ('create', 'upsert')", name="webhook_endpoints_operation_valid"),
 )
 
@@ -154,7 +177,7 @@ webhook_secrets = Table(
 
 # The newest migration this code expects (a test keeps it equal to Alembic's head). The
 # gateway checks it for readiness without importing Alembic (about 12 MiB per process).
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 
 def require_current_schema(conn: Connection, head: str = SCHEMA_HEAD) -> None:

@@ -6,11 +6,39 @@ Every default here is written in the README's configuration table.
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contacts_ingest.infrastructure.origins import parse_origins
+
+# The longest a request may be held for its job's outcome (Prefer: wait=N, a key's mode).
+MAX_WAIT_SECONDS = 10
+# What ``wait`` alone means, for a key's mode.
+DEFAULT_WAIT_SECONDS = 5
+_RESPOND_MODE = re.compile(r"^(async|wait(?:=(\d{1,2}))?)$")
+
+
+def parse_respond_mode(mode: str) -> int:
+    """``async``, ``wait`` or ``wait=N`` (N from 1 to 10) as seconds to wait: 0 for async.
+
+    ValueError names what is accepted.
+    """
+    match = _RESPOND_MODE.match(mode.strip().lower())
+    if match is not None and match.group(1) == "async":
+        return 0
+    seconds = int(match.group(2) or DEFAULT_WAIT_SECONDS) if match else 0
+    if not 1 <= seconds <= MAX_WAIT_SECONDS:
+        raise ValueError(f"must be async, wait or wait=N with N from 1 to {MAX_WAIT_SECONDS}")
+    return seconds
+
+
+def respond_mode_text(seconds: int) -> str:
+    """The mode ``parse_respond_mode`` reads as ``seconds``."""
+    return f"wait={seconds}" if seconds else "async"
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -76,6 +104,18 @@ class Settings(BaseSettings):
     worker_metrics_host: str = Field(default="127.0.0.1", min_length=1)
     # Requests a gateway process works on at once, once their bodies are read.
     gateway_active_requests: int = Field(default=os.cpu_count() or 1, ge=1)
+    # How writes with a key that has no mode of its own are answered: async (202 at
+    # once), or wait / wait=N (as if the client had sent Prefer: wait=N).
+    respond_default: str = "async"
+    # Origins (scheme://host[:port]) completion callbacks may be sent to; empty: none.
+    callback_allowed_hosts: str = ""
+    # Callbacks a worker sends at once, and at most to one receiver (origin).
+    callback_concurrency: int = Field(default=8, ge=1, le=256)
+    callback_max_per_receiver: int = Field(default=2, ge=1, le=256)
+    # Seconds a receiver has to connect, and then for each read of its answer.
+    callback_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # How long a callback is retried before it is abandoned.
+    callback_retry_window_seconds: int = Field(default=24 * 3600, ge=1, le=7 * 24 * 3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # json (one object per line) or text.
     log_format: Literal["json", "text"] = "json"
@@ -91,6 +131,31 @@ class Settings(BaseSettings):
         if not sqlalchemy_url(value).startswith("postgresql+psycopg://"):
             raise ValueError("DATABASE_URL must be a postgresql:// URL")
         return value
+
+    @field_validator("respond_default")
+    @classmethod
+    def _respond_mode(cls, value: str) -> str:
+        try:
+            parse_respond_mode(value)
+        except ValueError as exc:
+            raise ValueError(f"RESPOND_DEFAULT {exc}") from None
+        return value
+
+    @field_validator("callback_allowed_hosts")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        parse_origins(value)
+        return value
+
+    @cached_property
+    def respond_default_wait(self) -> int:
+        """Seconds a write waits for its outcome when its key has no mode (0: async)."""
+        return parse_respond_mode(self.respond_default)
+
+    @cached_property
+    def callback_origins(self) -> frozenset[str]:
+        """The origins callbacks may go to (empty: callbacks are off)."""
+        return parse_origins(self.callback_allowed_hosts)
 
     @cached_property
     def broker_url(self) -> str:

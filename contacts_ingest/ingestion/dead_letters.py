@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from contacts_ingest.infrastructure.schema import contact_jobs, dead_jobs
 from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.callbacks import CallbackRoute
 from contacts_ingest.jobs.job import ContactJob, InvalidJobMessage, datetime_from_us
 
 
@@ -39,13 +40,22 @@ class DeadJob:
     failed_at: datetime
     accepted_at: datetime
     message: dict[str, Any] | None
+    # Where its completion callback went (a retry's outcome goes there too), if anywhere.
+    callback: CallbackRoute | None = None
 
 
 def record_dead_letter(
-    engine: Engine, job: ContactJob, message: object, *, attempts: int, error: str
+    engine: Engine,
+    job: ContactJob,
+    message: object,
+    *,
+    attempts: int,
+    error: str,
+    callback: CallbackRoute | None = None,
 ) -> None:
     """Write (or rewrite) ``job``'s dead letter; ``message`` is its job message, if it
-    was readable (a job may be retried only then)."""
+    was readable (a job may be retried only then), ``callback`` its completion callback's
+    route, if it has one."""
     row = {
         "job_id": job.job_id,
         "accepted_at": datetime_from_us(job.accepted_at_us),
@@ -54,6 +64,8 @@ def record_dead_letter(
         "error": error[:200],
         "failed_at": datetime.now(UTC),
         "message": message if isinstance(message, dict) else None,
+        "callback_owner": callback.owner if callback else None,
+        "callback_lane": callback.lane if callback else None,
     }
     statement = insert(dead_jobs).values(row)
     statement = statement.on_conflict_do_update(
@@ -94,6 +106,9 @@ def list_dead_jobs(
                 failed_at=row["failed_at"],
                 accepted_at=row["accepted_at"],
                 message=row["message"],
+                callback=CallbackRoute(row["callback_owner"], row["callback_lane"])
+                if row["callback_owner"] and row["callback_lane"]
+                else None,
             )
             for row in conn.execute(query).mappings()
         ]

@@ -19,6 +19,7 @@ import redis
 
 from contacts_ingest.infrastructure.redis_scripts import RedisScript
 from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.jobs.callbacks import CallbackRoute
 from contacts_ingest.jobs.job import (
     MAX_JOB_ID_CHARS,
     ContactJob,
@@ -30,6 +31,9 @@ from contacts_ingest.jobs.messages import CeleryMessages
 
 # How long an Idempotency-Key is remembered once its request was accepted.
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+
+# A job's place in its user's listing: (acceptance time in microseconds, job id).
+Position = tuple[int, str]
 
 # What admission says about a request's Idempotency-Key.
 IdempotencyVerdict = Literal["new", "replay", "reused"]
@@ -81,7 +85,8 @@ class JobBoard:
     """The Redis side of a job's life: admission, and its record until it is final.
 
     A job's record says ``queued`` from admission and ``processing`` once a worker
-    took it; the worker deletes it after the final status row committed.
+    took it; the worker deletes it after the final status row committed. While it
+    exists, the job is also in its user's index of pending jobs (for listings).
     """
 
     def __init__(
@@ -92,18 +97,21 @@ class JobBoard:
         key_prefix: str,
         record_ttl_seconds: int,
         max_queued_jobs: int = 0,
+        callback_ttl_seconds: int = 2 * 24 * 3600,
     ) -> None:
         self._redis = client
         self._messages = messages
         self._prefix = key_prefix
         self._ttl = record_ttl_seconds
         self._max_queued = max_queued_jobs
+        self._callback_ttl = callback_ttl_seconds
         self._admit = RedisScript(client, _script("admit"))
         self._admit_readonly = RedisScript(client, _script("admit_readonly"))
         self._requeue = RedisScript(client, _script("requeue"))
         self._start = RedisScript(client, _script("start"))
         self._forget = RedisScript(client, _script("forget"))
         self._watch = RedisScript(client, _script("watch"))
+        self._pending_page = RedisScript(client, _script("pending_page"))
 
     @classmethod
     def for_settings(cls, client: redis.Redis, settings: Settings) -> JobBoard:
@@ -113,10 +121,15 @@ class JobBoard:
             key_prefix=settings.redis_key_prefix,
             record_ttl_seconds=settings.job_retention_days * 24 * 3600,
             max_queued_jobs=settings.max_queued_jobs,
+            # A callback outlives its retries by a day, then nothing of it is left.
+            callback_ttl_seconds=settings.callback_retry_window_seconds + 24 * 3600,
         )
 
     def record_key(self, job_id: str) -> str:
         return f"{self._prefix}job:{job_id}"
+
+    def pending_index_key(self, user_id: str) -> str:
+        return f"{self._prefix}pending:{user_id}"
 
     def quota_key(self, user_id: str, quota: str = "writes") -> str:
         name = "quota" if quota == "writes" else f"quota-{quota}"
@@ -134,6 +147,7 @@ class JobBoard:
         limit: tuple[int, int] | None,
         idempotency: Idempotency | None = None,
         quota: str = "writes",
+        callback: CallbackRoute | None = None,
     ) -> Admission:
         """Count one request and, with ``job`` (a valid request), record and queue it.
 
@@ -143,7 +157,8 @@ class JobBoard:
         refused), and a refused or over-limit request records nothing. With
         ``idempotency``, a repeat of an accepted request is answered from its record
         without counting. An admitted job's message is on its queue when this returns;
-        the job's ``accepted_at_us`` is ignored: Redis's clock decides it.
+        the job's ``accepted_at_us`` is ignored: Redis's clock decides it. With
+        ``callback``, the job's outcome is POSTed there once it is final.
 
         A new job is shed (``shed`` says why; nothing counted, recorded or queued) when
         the queue holds ``max_queued_jobs`` already or Redis is over maxmemory; a
@@ -161,6 +176,7 @@ class JobBoard:
                     self.record_key(job.job_id if job else ""),
                     idempotency_key,
                     queue,
+                    self.pending_index_key(user_id),
                 ],
                 args=[
                     "1" if limit else "0",
@@ -175,6 +191,8 @@ class JobBoard:
                     IDEMPOTENCY_TTL_SECONDS,
                     head,
                     tail,
+                    callback.owner if callback else "",
+                    callback.lane if callback else "",
                     self._max_queued,
                 ],
             )
@@ -214,21 +232,27 @@ class JobBoard:
             return "out of memory"
         return None
 
-    def requeue(self, job: ContactJob, record_ttl_seconds: int) -> None:
+    def requeue(
+        self, job: ContactJob, record_ttl_seconds: int, callback: CallbackRoute | None = None
+    ) -> None:
         """Queue ``job`` again under its own id and acceptance time (a dead-lettered job an
-        operator retries), its record saying queued. Raises ``JobsShed`` while Redis is
-        over maxmemory (the queue's length limit does not apply to an operator)."""
+        operator retries), its record saying queued, in its user's index of pending jobs;
+        with ``callback``, called back again once final. Raises ``JobsShed`` while Redis
+        is over maxmemory (the queue's length limit does not apply to an operator)."""
         queue, head, tail = self._messages(job)
         accepted = str(job.accepted_at_us).encode()
         try:
             self._requeue(
-                keys=[self.record_key(job.job_id), queue],
+                keys=[self.record_key(job.job_id), queue, self.pending_index_key(job.user_id)],
                 args=[
                     job.user_id,
                     job.operation,
                     job.accepted_at_us,
                     max(60, record_ttl_seconds),
                     head + accepted + tail,
+                    job.job_id,
+                    callback.owner if callback else "",
+                    callback.lane if callback else "",
                 ],
             )
         except redis.exceptions.OutOfMemoryError:
@@ -254,18 +278,67 @@ class JobBoard:
     def forget(self, job_id: str) -> None:
         """Drop the record: the job's final row has committed.
 
-        A client waiting on the job (``watch``) is told on its completion channel.
+        A client waiting on the job (``watch``) is told on its completion channel, and
+        the job's completion callback, if it has one, is queued.
         """
-        self._forget(keys=[self.record_key(job_id), self.completion_channel(job_id)])
+        self.forget_many([job_id])
 
     def forget_many(self, job_ids: list[str]) -> None:
         """``forget`` for many jobs in one round trip."""
         pipe = self._redis.pipeline(transaction=False)
         for job_id in job_ids:
             self._forget(
-                keys=[self.record_key(job_id), self.completion_channel(job_id)], client=pipe
+                keys=[self.record_key(job_id), self.completion_channel(job_id)],
+                args=[self._prefix, job_id, self._callback_ttl],
+                client=pipe,
             )
         pipe.execute()
+
+    def pending_page(
+        self,
+        user_id: str,
+        *,
+        below: Position | None,
+        since_us: int | None,
+        status: str | None,
+        limit: int,
+        budget: int = 1000,
+    ) -> tuple[list[tuple[str, dict[str, str]]], Position | None]:
+        """Up to ``limit`` of the user's pending jobs, newest first (ties by job id, in
+        byte order), strictly older than ``below``, accepted at ``since_us`` or later,
+        in ``status`` (queued or processing) if given: (job id, record) pairs.
+
+        Reads at most ``budget`` entries of the user's index. Also returns the position
+        of the last entry read, or None if the index was read to its end: below that
+        position nothing was looked at.
+        """
+        reply = self._pending_page(
+            keys=[self.pending_index_key(user_id)],
+            args=[
+                self._prefix,
+                below[0] if below else "+inf",
+                below[1] if below else "",
+                since_us if since_us is not None else "-inf",
+                status or "",
+                limit,
+                budget,
+            ],
+        )
+        items = [v.decode() for v in reply]
+        frontier = (int(items[0]), items[1]) if items[0] else None
+        jobs = [
+            (
+                items[i],
+                {
+                    "user_id": user_id,
+                    "status": items[i + 1],
+                    "operation": items[i + 2],
+                    "accepted_at_us": items[i + 3],
+                },
+            )
+            for i in range(2, len(items), 4)
+        ]
+        return jobs, frontier
 
     def watch(self, job_id: str) -> bool:
         """Ask to be told on the completion channel when the job is final.

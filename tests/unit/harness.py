@@ -16,11 +16,13 @@ import falcon.testing
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from api_gateway.app import GatewayDeps, create_app
+from contacts_ingest.access.keys import KeyHolder
 from contacts_ingest.access.webhooks import WebhookEndpoint, WebhookRejected
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.jobs.job import ContactJob
 from contacts_ingest.jobs.messages import CeleryMessages
+from contacts_ingest.jobs.status import us_from_datetime
 from tests.unit.fake_redis import FakeRedis
 
 KEYS = {"cik_alice": "alice", "cik_bob": "bob"}
@@ -34,16 +36,20 @@ ALICES_ENDPOINTS = {
 
 
 class Keys:
-    """Keys as a dict; every one of them counts as seen by this process."""
+    """Keys as a dict (key -> user, or key -> its holder); every one of them counts as
+    seen by this process."""
 
-    def __init__(self, users: dict[str, str]) -> None:
-        self._users = users
+    def __init__(self, users: dict[str, str] | dict[str, KeyHolder]) -> None:
+        self._holders = {
+            key: user if isinstance(user, KeyHolder) else KeyHolder(f"key_{user}", user)
+            for key, user in users.items()
+        }
 
-    def user_for(self, key: str) -> str | None:
-        return self._users.get(key)
+    def holder_for(self, key: str) -> KeyHolder | None:
+        return self._holders.get(key)
 
     def seen_live(self, key: str) -> bool:
-        return key in self._users
+        return key in self._holders
 
 
 class Broken:
@@ -183,6 +189,28 @@ class InstantWorker:
         pass
 
 
+def final_rows_lister(rows: dict[str, dict[str, Any]]) -> Any:
+    """Lists ``rows`` as ``read_final_jobs`` lists the status table (a fake of its SQL)."""
+
+    def final_jobs(
+        user_id: str, *, below: Any, since_us: Any, status: Any, limit: int
+    ) -> list[dict[str, Any]]:
+        def position(row: dict[str, Any]) -> tuple[int, bytes]:
+            return us_from_datetime(row["accepted_at"]), row["job_id"].encode()
+
+        found = [
+            row
+            for row in rows.values()
+            if row["user_id"] == user_id
+            and (status is None or row["status"] == status)
+            and (since_us is None or position(row)[0] >= since_us)
+            and (below is None or position(row) < (below[0], below[1].encode()))
+        ]
+        return sorted(found, key=position, reverse=True)[:limit]
+
+    return final_jobs
+
+
 def make_harness(
     *,
     limit: int = 200,
@@ -196,6 +224,7 @@ def make_harness(
     keys: Any = None,
     webhooks: Any = None,
     max_queued: int = 0,
+    respond_default: str = "async",
 ) -> Harness:
     """An in-process gateway; with ``outcome`` (code, contact or message) every job is
     final at once with it, as if a worker had been instant (for ``Prefer: wait``)."""
@@ -206,6 +235,7 @@ def make_harness(
         auth_failure_limit=auth_failures,
         wait_max_per_user=waits_per_user,
         redis_key_prefix="t:",
+        respond_default=respond_default,
     )
     server = fakeredis.FakeServer()
     client = FakeRedis(server=server)
@@ -227,6 +257,7 @@ def make_harness(
         keys=keys or Keys(KEYS),
         board=board,
         final_job=worker.final_job if worker else final_rows.get,  # type: ignore[arg-type]
+        final_jobs=final_rows_lister(final_rows),
         readiness={"redis": lambda: None, "postgres": (lambda: None) if ready else down},
         webhooks=webhooks or AlicesWebhook(),
         completions=completions or worker,  # type: ignore[arg-type]

@@ -132,6 +132,16 @@ def _delivery_reused() -> Result:
     return _deliver(gw, b'{"email": "b@example.com"}')
 
 
+def _listed() -> Result:
+    """A listing of one pending and one final job."""
+    gw = make_harness()
+    gw.final_rows["job_1"] = _final_row("job_1")
+    _post(gw, {"email": "a@example.com"})
+    result = gw.client.simulate_get("/io/contacts/jobs", headers=ALICE)
+    assert len(result.json["data"]) == 2, result.text
+    return result
+
+
 WEBHOOK_SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
     ("post", HOOK, "202"): lambda: _deliver(make_harness(), b'{"email": "a@example.com"}'),
     ("post", HOOK, "400"): lambda: _deliver(make_harness(), b'{"email": "x"}'),
@@ -248,6 +258,19 @@ SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
     ("get", "/io/contacts/jobs/{job_id}", "503"): lambda: _redis_down(
         make_harness()
     ).client.simulate_get("/io/contacts/jobs/job_1", headers=ALICE),
+    ("get", "/io/contacts/jobs", "200"): lambda: _listed(),
+    ("get", "/io/contacts/jobs", "400"): lambda: make_harness().client.simulate_get(
+        "/io/contacts/jobs", params={"limit": "0"}, headers=ALICE
+    ),
+    ("get", "/io/contacts/jobs", "401"): lambda: make_harness().client.simulate_get(
+        "/io/contacts/jobs"
+    ),
+    ("get", "/io/contacts/jobs", "429"): lambda: (
+        lambda gw: [gw.client.simulate_get("/io/contacts/jobs") for _ in range(2)][-1]
+    )(make_harness(auth_failures=1)),
+    ("get", "/io/contacts/jobs", "503"): lambda: _redis_down(make_harness()).client.simulate_get(
+        "/io/contacts/jobs", headers=ALICE
+    ),
     ("get", "/healthz", "200"): lambda: make_harness().client.simulate_get("/healthz"),
     ("get", "/readyz", "200"): lambda: make_harness().client.simulate_get("/readyz"),
     ("get", "/readyz", "503"): lambda: make_harness(ready=False).client.simulate_get("/readyz"),

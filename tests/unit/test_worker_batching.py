@@ -463,7 +463,9 @@ def test_an_unreadable_message_that_names_no_pending_job_is_dropped(
 def dead_letters(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object, int, str]]:
     written: list[tuple[str, object, int, str]] = []
 
-    def record(_: Any, job: ContactJob, message: object, *, attempts: int, error: str) -> None:
+    def record(
+        _: Any, job: ContactJob, message: object, *, attempts: int, error: str, callback: Any
+    ) -> None:
         written.append((job.job_id, message, attempts, error))
 
     monkeypatch.setattr(tasks, "record_dead_letter", record)

@@ -5,10 +5,11 @@ The existing status table is kept as it is, rows and all: it becomes the partiti
 a CHECK constraint proved its range (a scan, not a copy), and is dropped whole once
 its newest day is older than the retention period. New days get partitions of their
 own (``contact_jobs_pYYYYMMDD``, a week ahead here, then kept ahead by the workers);
-``contact_jobs_default`` takes rows of a day that has none.
+``contact_jobs_default`` takes rows of a day that has none. The listing's indexes
+(0005) are made on the partitioned table; the old table's serve as its partition's.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-01
 """
 
@@ -19,13 +20,20 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
 # Day partitions made here, from the first day after the legacy partition's range.
 DAYS_AHEAD = 7
+
+# The listing's indexes (migration 0005), on every partition alike.
+_STATUS_INDEXES = {
+    "contact_jobs_by_user": "",
+    "contact_jobs_failed_by_user": " WHERE status = 'failed'",
+}
+_STATUS_INDEX_COLUMNS = '(user_id, accepted_at, job_id COLLATE "C")'
 
 _STATUS_COLUMNS = """
     job_id varchar(64) NOT NULL,
@@ -68,10 +76,16 @@ def upgrade() -> None:
     op.execute("ALTER TABLE contact_jobs RENAME TO contact_jobs_legacy")
     # Its key is the job id alone; the partitioned table's includes the acceptance time.
     op.execute("ALTER TABLE contact_jobs_legacy DROP CONSTRAINT contact_jobs_pkey")
+    for name in _STATUS_INDEXES:  # attached, not built again, below
+        op.execute(
+            f"ALTER INDEX {name} RENAME TO {name.replace('contact_jobs', 'contact_jobs_legacy')}"
+        )
     op.execute(
         f"CREATE TABLE contact_jobs ({_STATUS_COLUMNS}, PRIMARY KEY (job_id, accepted_at))"
         " PARTITION BY RANGE (accepted_at)"
     )
+    for name, where in _STATUS_INDEXES.items():
+        op.execute(f"CREATE INDEX {name} ON contact_jobs {_STATUS_INDEX_COLUMNS}{where}")
     # Proves the range once, so that attaching needs no scan of its own.
     op.execute(
         "ALTER TABLE contact_jobs_legacy ADD CONSTRAINT contact_jobs_legacy_range"
@@ -95,6 +109,8 @@ def upgrade() -> None:
             error varchar(200) NOT NULL,
             failed_at timestamptz NOT NULL DEFAULT now(),
             message json,
+            callback_owner varchar(40),
+            callback_lane text,
             PRIMARY KEY (job_id, accepted_at)
         ) PARTITION BY RANGE (accepted_at)
         """
@@ -119,3 +135,5 @@ def downgrade() -> None:
     op.execute("DROP TABLE contact_jobs")
     op.execute("ALTER TABLE contact_jobs_flat RENAME TO contact_jobs")
     op.execute("ALTER INDEX contact_jobs_flat_pkey RENAME TO contact_jobs_pkey")
+    for name, where in _STATUS_INDEXES.items():
+        op.execute(f"CREATE INDEX {name} ON contact_jobs {_STATUS_INDEX_COLUMNS}{where}")
