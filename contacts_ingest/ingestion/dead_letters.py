@@ -16,7 +16,7 @@ the job (``revive``), so exactly-once holds and a success replaces the 500 outco
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +42,10 @@ class DeadJob:
     message: dict[str, Any] | None
     # Where its completion callback went (a retry's outcome goes there too), if anywhere.
     callback: CallbackRoute | None = None
+
+
+# What a dead letter written again (the job retried and dead again) replaces.
+_REWRITTEN = ("attempts", "error", "failed_at", "message", "callback_owner", "callback_lane")
 
 
 def record_dead_letter(
@@ -70,9 +74,7 @@ def record_dead_letter(
     statement = insert(dead_jobs).values(row)
     statement = statement.on_conflict_do_update(
         index_elements=[dead_jobs.c.job_id, dead_jobs.c.accepted_at],
-        set_={
-            name: statement.excluded[name] for name in ("attempts", "error", "failed_at", "message")
-        },
+        set_={name: statement.excluded[name] for name in _REWRITTEN},
     )
     with engine.begin() as conn:
         conn.execute(statement)
@@ -127,7 +129,7 @@ def retry(board: JobBoard, dead: DeadJob, retention_days: int) -> None:
     except InvalidJobMessage:
         raise NotRetriable(f"{dead.job_id}: its message could not be read") from None
     age = datetime.now(UTC) - dead.accepted_at
-    board.requeue(replace(job, retry=True), int(retention_days * 24 * 3600 - age.total_seconds()))
+    board.requeue(job, int(retention_days * 24 * 3600 - age.total_seconds()), dead.callback)
 
 
 def revive(engine: Engine, jobs: Sequence[ContactJob]) -> None:

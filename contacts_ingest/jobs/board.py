@@ -11,7 +11,7 @@ worker runs to finish jobs always does, so workers can drain a Redis that sheds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -238,8 +238,9 @@ class JobBoard:
         """Queue ``job`` again under its own id and acceptance time (a dead-lettered job an
         operator retries), its record saying queued, in its user's index of pending jobs;
         with ``callback``, called back again once final. Raises ``JobsShed`` while Redis
-        is over maxmemory (the queue's length limit does not apply to an operator)."""
-        queue, head, tail = self._messages(job)
+        is over maxmemory (the queue's length limit does not apply to an operator). Its
+        message says it is a retry: its delivery may replace the job's 500 outcome."""
+        queue, head, tail = self._messages(replace(job, retry=True))
         accepted = str(job.accepted_at_us).encode()
         try:
             self._requeue(
