@@ -21,6 +21,7 @@ from api_gateway.middleware import (
 )
 from api_gateway.openapi import openapi_document
 from api_gateway.resources import (
+    UNAVAILABLE_MESSAGE,
     ContactIntake,
     ContactsResource,
     DeliveryVerifier,
@@ -34,7 +35,7 @@ from api_gateway.resources import (
 from api_gateway.throttle import FailureThrottle
 from api_gateway.waiting import CompletionListener, JobWaiter, WaitSlots
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.board import JobBoard, ShedReason
 from contacts_ingest.jobs.messages import json_bytes
 from contacts_ingest.jobs.status import FinalJobLister, FinalJobReader
 
@@ -58,6 +59,8 @@ class GatewayDeps:
     webhooks: DeliveryVerifier
     # Wakes requests that asked to wait (Prefer: wait=N); None answers them 202 at once.
     completions: CompletionListener | None = None
+    # Why new jobs are shed right now (queue full, Redis out of memory), or None.
+    shedding: Callable[[], ShedReason | None] = lambda: None
 
 
 def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
@@ -79,9 +82,7 @@ def _unavailable(
     req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]
 ) -> None:
     log.error("dependency unavailable: %s", type(exc).__name__, extra={"path": req.path})
-    raise falcon.HTTPServiceUnavailable(
-        description="Service temporarily unavailable, try again", retry_after=1
-    ) from exc
+    raise falcon.HTTPServiceUnavailable(description=UNAVAILABLE_MESSAGE, retry_after=1) from exc
 
 
 def _internal_error(
@@ -135,7 +136,7 @@ def create_app(
     app.add_route("/io/contacts/jobs", jobs)
     app.add_route("/io/contacts/jobs/{job_id}", jobs, suffix="item")
     app.add_route("/healthz", HealthResource())
-    app.add_route("/readyz", ReadyResource(deps.readiness))
+    app.add_route("/readyz", ReadyResource(deps.readiness, deps.shedding))
     app.add_route("/openapi.json", OpenApiResource(openapi_document(settings)))
     app.add_route("/metrics", MetricsResource())
     app.add_sink(_not_found, "/")

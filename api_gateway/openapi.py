@@ -291,12 +291,16 @@ def _schemas() -> dict[str, Any]:
         },
         "Readiness": {
             "type": "object",
-            "required": ["status", "checks"],
+            "required": ["status", "checks", "admission"],
             "properties": {
-                "status": {"enum": ["ready", "unavailable"]},
+                "status": {"enum": ["ready", "shedding", "unavailable"]},
                 "checks": {
                     "type": "object",
                     "additionalProperties": {"enum": ["ok", "unavailable"]},
+                },
+                "admission": {
+                    "description": "Whether new jobs are admitted, or shed (503) and why.",
+                    "enum": ["ok", "queue full", "out of memory", "unavailable"],
                 },
             },
         },
@@ -416,9 +420,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "431": {"description": "Request head (line and headers) over 64 KiB."},
                         "500": _error(
                             "An unexpected error (a bug), in the gateway, or, with Prefer:"
-                            " wait, the job's own outcome (`The job could not be applied`)."
+                            " wait, the job's own outcome (`The job could not be processed`)."
                         ),
-                        "503": unavailable,
+                        "503": _error(
+                            "Redis or PostgreSQL unreachable, or new jobs shed (the queue is"
+                            " full, or Redis out of memory); nothing was enqueued.",
+                            _RETRY_AFTER,
+                        ),
                     },
                 }
             },
@@ -518,7 +526,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "operationId": "readiness",
                     "security": [],
                     "responses": {
-                        "200": {"description": "Ready.", "content": _json("Readiness")},
+                        "200": {
+                            "description": "Ready (or ready and shedding new jobs).",
+                            "content": _json("Readiness"),
+                        },
                         "503": {"description": "Not ready.", "content": _json("Readiness")},
                     },
                 }

@@ -21,9 +21,9 @@ from api_gateway.throttle import FailureThrottle, TooManyFailures
 from api_gateway.waiting import JobWaiter, preferred_wait, prefers_async
 from contacts_ingest.access.keys import KeyHolder
 from contacts_ingest.access.webhooks import WebhookEndpoint, WebhookRejected
-from contacts_ingest.infrastructure.metrics import ENQUEUE_FAILURES, RATE_LIMITED, scrape
+from contacts_ingest.infrastructure.metrics import ENQUEUE_FAILURES, RATE_LIMITED, SHED, scrape
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import Idempotency, JobBoard
+from contacts_ingest.jobs.board import Idempotency, JobBoard, ShedReason
 from contacts_ingest.jobs.callbacks import CallbackRoute
 from contacts_ingest.jobs.job import ContactJob, Operation, new_job_id
 from contacts_ingest.jobs.status import (
@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_BODY_BYTES = 10 * 1024 * 1024
+# Retry-After of a write shed because the queue is full or Redis out of memory: long
+# enough that a crowd of clients retrying does not keep it full.
+SHED_RETRY_AFTER_SECONDS = 5
+UNAVAILABLE_MESSAGE = "Service temporarily unavailable, try again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +274,13 @@ class ContactIntake:
         except redis.RedisError:
             ENQUEUE_FAILURES.inc()
             raise
+        if admission.shed and admission.idempotency != "replay":
+            if refusal is not None:
+                raise refusal  # a request that could never be accepted says why
+            SHED.labels(admission.shed.replace(" ", "_")).inc()
+            raise falcon.HTTPServiceUnavailable(
+                description=UNAVAILABLE_MESSAGE, retry_after=SHED_RETRY_AFTER_SECONDS
+            )
         resp.set_header("RateLimit-Policy", f'"{quota.name}";q={quota.limit};w={quota.window}')
         resp.set_header(
             "RateLimit",
@@ -590,12 +601,24 @@ class OpenApiResource:
 
 
 class ReadyResource:
-    """GET /readyz: Redis and PostgreSQL answer; 503 naming the ones that do not."""
+    """GET /readyz: Redis and PostgreSQL answer; 503 naming the ones that do not.
+
+    It also says whether new jobs are being shed (``admission``: "ok", "queue full" or
+    "out of memory"; ``status``: "shedding"), still with 200: a shedding gateway
+    answers at once, replays and job reads included, and every gateway sheds alike
+    (they share one Redis), so taking them out of a load balancer would only turn its
+    503s into refused connections.
+    """
 
     public = True
 
-    def __init__(self, checks: Mapping[str, Callable[[], Any]]) -> None:
+    def __init__(
+        self,
+        checks: Mapping[str, Callable[[], Any]],
+        shedding: Callable[[], ShedReason | None],
+    ) -> None:
         self._checks = checks
+        self._shedding = shedding
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         results: dict[str, str] = {}
@@ -607,5 +630,12 @@ class ReadyResource:
                 log.warning("readiness check %s failed: %s", name, type(exc).__name__)
                 results[name] = "unavailable"
         ready = all(v == "ok" for v in results.values())
+        admission: str
+        try:
+            admission = self._shedding() or "ok"
+        except Exception as exc:
+            log.warning("readiness check admission failed: %s", type(exc).__name__)
+            admission = "unavailable"
+        status = ("ready" if admission == "ok" else "shedding") if ready else "unavailable"
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
-        resp.media = {"status": "ready" if ready else "unavailable", "checks": results}
+        resp.media = {"status": status, "checks": results, "admission": admission}

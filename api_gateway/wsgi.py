@@ -45,6 +45,7 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
         final_job=lambda job_id: read_final_job(engine, job_id),
         final_jobs=partial(read_final_jobs, engine),
         readiness={"redis": client.ping, "postgres": postgres_ready},
+        shedding=board.shedding,
         webhooks=WebhookVerifier(engine, ttl=settings.key_cache_ttl_seconds),
         # Its own connection, without a read timeout: it mostly waits for messages.
         completions=CompletionListener(

@@ -7,8 +7,9 @@
     producer.status(job_id, "user-42")  # {"job_id": ..., "status": "queued", ...}
 
 Jobs are admitted through the same atomic Redis step as the gateway's, so a job is
-queued and recorded at once. The worker validates the body; a job that breaks a rule
-ends ``failed`` with code 400.
+queued and recorded at once, and shed like the gateway's (``JobsShed``: the queue is
+full or Redis out of memory; retry later). The worker validates the body; a job that
+breaks a rule ends ``failed`` with code 400.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import redis
 
 from contacts_ingest.infrastructure.database import make_engine
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.board import JobBoard, JobsShed
 from contacts_ingest.jobs.job import ContactJob, new_job_id
 from contacts_ingest.jobs.status import job_status, read_final_job
 
@@ -41,7 +42,8 @@ class ContactProducer:
         """Enqueue one create (or upsert) for ``user_id``; return the job id.
 
         ``contact`` is the request body as the HTTP API takes it. Nothing is
-        validated here: the worker does, and records a 400 failure if it must.
+        validated here: the worker does, and records a 400 failure if it must. Raises
+        ``JobsShed`` (nothing enqueued) while admissions are shed.
         """
         return self._enqueue(user_id, contact, upsert=upsert, request_id=request_id)
 
@@ -80,7 +82,9 @@ class ContactProducer:
             request_id=request_id,
             batch=batch,
         )
-        self._board.admit(user_id=user_id, member=job.job_id, job=job, limit=None)
+        admission = self._board.admit(user_id=user_id, member=job.job_id, job=job, limit=None)
+        if admission.shed:
+            raise JobsShed(admission.shed)
         return job.job_id
 
     def status(self, job_id: str, user_id: str) -> dict[str, Any] | None:

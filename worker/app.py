@@ -2,5 +2,5 @@
 
 from celery import Celery
 
-app = Celery("contacts-ingest", include=["worker.tasks"])
+app = Celery("contacts-ingest", include=["worker.tasks", "worker.upkeep"])
 app.config_from_object("celeryconfig")

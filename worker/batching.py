@@ -8,9 +8,16 @@ goes alone and at once; under load, batches grow by themselves.
 
 Acknowledgement stays late: a batch's messages are acknowledged only once the
 process returned, except those it names to hand back, which are put back on the
-queue (its transient failures). If the process dies, all of its batch is put back
-(as ``task_reject_on_worker_lost`` does for a single task); if the worker dies,
-Redis still holds every message unacknowledged and redelivers it.
+queue (its transient failures). If the worker dies, Redis still holds every message
+unacknowledged and redelivers it.
+
+A job that fails unexpectedly (``BatchOutcome.failed``), or whose process dies while
+it is being applied, is tried again on its own, never again inside a batch: a batch
+whose process died is split, each of its jobs sent alone, so that the one that kills
+processes is found and its neighbours are applied as usual. A job whose deliveries
+all failed so (``max_attempts`` of them, the first one in its batch included) is sent
+once more as ``Exhausted``, for the task to record as failed; its message is held,
+unacknowledged, all along.
 
 The prefetch limit (``worker_prefetch_multiplier`` x processes) bounds how many
 messages a worker holds; it must exceed ``batch_size`` for batches to fill.
@@ -48,12 +55,16 @@ class BatchTask(Task):  # type: ignore[misc]
     #: once per level, within Python's limit of about 1,000); a deeper one is
     #: ``Unreadable``.
     max_depth = 200
+    #: Deliveries a job may fail (an unexpected error, or its process dying) before it
+    #: is handed over as ``Exhausted``.
+    max_attempts = 5
 
-    def run_batch(self, jobs: list[Any]) -> list[int]:
-        """Apply ``jobs``; return the indices of those to put back on the queue.
+    def run_batch(self, jobs: list[Any]) -> BatchOutcome:
+        """Apply ``jobs``; say which to put back on the queue and which failed.
 
-        A job is a message's first argument, or ``Unreadable`` for a message that has
-        none the worker could read: it is acknowledged unless handed back.
+        A job is a message's first argument, ``Unreadable`` for a message that has
+        none the worker could read, or ``Exhausted`` for one whose tries all failed
+        (it is always alone): each is acknowledged unless handed back or failed.
         """
         raise NotImplementedError
 
@@ -76,11 +87,39 @@ class Unreadable:
     problem: str
 
 
+@dataclass(frozen=True, slots=True)
+class Exhausted:
+    """Stands in for a job whose every try on its own failed unexpectedly or killed its
+    process: the task records it as failed instead of applying it again."""
+
+    job: Any
+    attempts: int
+    # The class of the last failure's exception.
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What became of a batch: indices of jobs to put back on the queue (a transient
+    failure: nothing of them was committed), and of jobs that failed unexpectedly on
+    their own, with their exception's class (they are tried again alone). The others
+    are done."""
+
+    hand_back: tuple[int, ...] = ()
+    failed: tuple[tuple[int, str], ...] = ()
+
+
 @dataclass(slots=True)
 class _Delivery:
     job: Any
     weight: int
     message: Any
+    # Sent to a pool process alone (it failed, or was in a batch that did).
+    alone: bool = False
+    # Deliveries that failed (an unexpected error, or its process died), and the last
+    # one's exception class.
+    failures: int = 0
+    error: str = ""
 
 
 def _task_id(message: Any) -> str | None:
@@ -116,7 +155,7 @@ def _first_argument(message: Any, max_depth: int) -> Any:
         return Unreadable(_task_id(message), "unreadable")
 
 
-def run_in_pool(task_name: str, jobs: list[Any]) -> list[int]:
+def run_in_pool(task_name: str, jobs: list[Any]) -> BatchOutcome:
     """What a pool process runs: the named task's ``run_batch``."""
     from celery import current_app
 
@@ -149,8 +188,8 @@ class _BatchingConsumer:
     def _dispatch(self) -> None:
         while self._waiting and self._busy < self._processes:
             batch = [self._waiting.popleft()]
-            room = self._task.batch_size - batch[0].weight
-            while self._waiting and self._waiting[0].weight <= room:
+            room = 0 if batch[0].alone else self._task.batch_size - batch[0].weight
+            while self._waiting and not self._waiting[0].alone and self._waiting[0].weight <= room:
                 room -= self._waiting[0].weight
                 batch.append(self._waiting.popleft())
             self._busy += 1
@@ -172,15 +211,18 @@ class _BatchingConsumer:
         logger.error("could not hand a batch of %d to the pool (%r)", len(batch), exc)
         for delivery in reversed(batch):
             if len(batch) > 1:
-                delivery.weight = self._task.batch_size + 1  # goes alone
+                delivery.alone = True
             else:
                 delivery.job = Unreadable(_task_id(delivery.message), "unreadable")
                 delivery.weight = 1
             self._waiting.appendleft(delivery)
 
-    def _returned(self, batch: list[_Delivery], hand_back: Any) -> None:
+    def _returned(self, batch: list[_Delivery], outcome: Any) -> None:
         self._busy -= 1
-        back = set(hand_back) if isinstance(hand_back, list) else set()
+        if not isinstance(outcome, BatchOutcome):
+            outcome = BatchOutcome()
+        back = set(outcome.hand_back)
+        failed = dict(outcome.failed)
         with ExitStack() as together:
             # Channels whose QoS takes acknowledgements together (our transport's) get
             # them in one round trip each.
@@ -189,19 +231,46 @@ class _BatchingConsumer:
                 if hasattr(channel.qos, "acks_together"):
                     together.enter_context(channel.qos.acks_together())
             for index, delivery in enumerate(batch):
+                if index in failed:
+                    continue
                 if index in back:
                     delivery.message.reject_log_error(logger, self._errors, requeue=True)
                 else:
                     delivery.message.ack_log_error(logger, self._errors)
+        for index in sorted(failed, reverse=True):
+            self._try_again(batch[index], failed[index])
         self._dispatch()
 
     def _lost(self, batch: list[_Delivery], exc_info: Any) -> None:
+        """The pool process died with ``batch``: each of its jobs counts a failed try and
+        goes again alone (which one killed it is not known: its neighbours' commit, if
+        it came first, makes their second delivery a no-op)."""
         self._busy -= 1
+        exc = getattr(exc_info, "exception", exc_info)
+        error = type(getattr(exc, "exc", exc)).__name__  # billiard wraps it: WorkerLostError
         logger.error(
-            "pool process failed with a batch of %d (%r); putting it back on the queue",
+            "pool process died with a batch of %d (%s); trying %s alone",
             len(batch),
-            getattr(exc_info, "exception", exc_info),
+            error,
+            "each of its jobs" if len(batch) > 1 else "its job again",
+            extra={"job_id": _task_id(batch[0].message)} if len(batch) == 1 else None,
         )
-        for delivery in batch:
-            delivery.message.reject_log_error(logger, self._errors, requeue=True)
+        for delivery in reversed(batch):
+            self._try_again(delivery, error)
         self._dispatch()
+
+    def _try_again(self, delivery: _Delivery, error: str) -> None:
+        """``delivery`` failed: alone again, first in line, or, once its deliveries are
+        used up, as ``Exhausted`` for the task to record."""
+        delivery.failures += 1
+        delivery.error = error
+        delivery.alone = True
+        if delivery.failures >= self._task.max_attempts and not isinstance(delivery.job, Exhausted):
+            logger.error(
+                "job failed on each of its %d tries (last: %s); recording it as failed",
+                delivery.failures,
+                error,
+                extra={"job_id": _task_id(delivery.message), "attempts": delivery.failures},
+            )
+            delivery.job = Exhausted(delivery.job, delivery.failures, error)
+        self._waiting.appendleft(delivery)

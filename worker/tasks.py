@@ -12,16 +12,19 @@ from typing import Any
 
 import redis
 from celery.signals import worker_process_shutdown
+from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from contacts_ingest.infrastructure.database import make_engine
 from contacts_ingest.infrastructure.metrics import BATCH_JOBS, JOB_SECONDS, JOBS, RETRIES
 from contacts_ingest.infrastructure.metrics_dir import MULTIPROC_ENV
 from contacts_ingest.infrastructure.settings import Settings
+from contacts_ingest.ingestion.dead_letters import record_dead_letter, revive
 from contacts_ingest.ingestion.service import ContactIngestor, Outcome
 from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.callbacks import CallbackRoute
 from contacts_ingest.jobs.job import (
-    APPLY_FAILED_MESSAGE,
+    PROCESSING_FAILED_MESSAGE,
     TASK_NAME,
     UNREADABLE_MESSAGE,
     ContactJob,
@@ -30,7 +33,7 @@ from contacts_ingest.jobs.job import (
 )
 from contacts_ingest.model.json_input import DEPTH_MESSAGE, MAX_DEPTH
 from worker.app import app
-from worker.batching import BatchTask, Unreadable
+from worker.batching import BatchOutcome, BatchTask, Exhausted, Unreadable
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +55,17 @@ def board() -> JobBoard:
 
 
 @cache
-def ingestor() -> ContactIngestor:
-    """One ingestor per worker process, built lazily so no connection crosses a fork."""
+def engine() -> Engine:
+    """One engine per worker process, built lazily so no connection crosses a fork."""
     # No ping before each job: a connection that died (a PostgreSQL restart) fails the
     # batch with OperationalError, which is retried, and the pool replaces it.
-    return ContactIngestor(make_engine(_settings.database_url, pre_ping=False), board())
+    return make_engine(_settings.database_url, pre_ping=False)
+
+
+@cache
+def ingestor() -> ContactIngestor:
+    """One ingestor per worker process, built lazily so no connection crosses a fork."""
+    return ContactIngestor(engine(), board())
 
 
 def _backoff(attempt: int) -> float:
@@ -68,34 +77,67 @@ def _kind(job: Any) -> str:
     return "batch" if isinstance(job, dict) and job.get("batch") is True else "single"
 
 
-def apply_jobs(jobs: list[Any]) -> list[int]:
-    """Apply ``jobs`` in one transaction; return the indices of jobs to put back on the queue.
+def apply_jobs(jobs: list[Any]) -> BatchOutcome:
+    """Apply ``jobs`` in one transaction; say which to put back on the queue, which failed.
 
     A transient error (PostgreSQL or Redis unreachable, a deadlock) is retried a few
     times, then every job goes back on the queue. Any other error means one job
     breaks something unforeseen: the jobs are then applied one by one, so the others
-    still finish; the one that fails again is logged and recorded as failed (500).
-    A message the worker could not read fails with 400 if its job is still pending.
+    still finish; one that fails on its own is logged and reported failed, to be tried
+    again alone (worker/batching.py), until its tries are used up (``Exhausted``): it
+    is then recorded as failed (500) and dead-lettered. A message the worker could not
+    read fails with 400 if its job is still pending.
     """
+    if len(jobs) > 1 and any(isinstance(job, Exhausted) for job in jobs):
+        return _one_by_one(jobs)
+    if len(jobs) == 1 and isinstance(jobs[0], Exhausted):
+        return _record_dead(jobs[0])
     started = time.monotonic()
     for attempt in range(ATTEMPTS_BEFORE_HANDING_BACK):
         try:
-            outcomes = _process([_readable(job) for job in jobs])
+            readable = [_readable(job) for job in jobs]
+            retried = [job for job in readable if isinstance(job, dict) and job.get("retry")]
+            if retried:
+                revive(engine(), [ContactJob.from_message(job) for job in retried])
+            outcomes = _process(readable)
         except TRANSIENT_ERRORS as exc:
             RETRIES.inc()
             log.warning("transient error applying %d job(s): %s", len(jobs), type(exc).__name__)
             if attempt + 1 < ATTEMPTS_BEFORE_HANDING_BACK:
                 time.sleep(_backoff(attempt))
             continue
-        except Exception:
+        except Exception as exc:
             if len(jobs) == 1:
-                log.exception("job failed with an unexpected error; recording it as failed")
-                return _fail(jobs[0], started)
+                log.exception(
+                    "job failed with an unexpected error; it is tried again alone",
+                    extra={"job_id": _job_id(jobs[0])},
+                )
+                return BatchOutcome(failed=((0, type(exc).__name__),))
             log.exception("batch of %d failed; applying its jobs one by one", len(jobs))
-            return [i for i, job in enumerate(jobs) if apply_jobs([job])]
+            return _one_by_one(jobs)
         _count(jobs, outcomes, time.monotonic() - started)
-        return []
-    return list(range(len(jobs)))
+        return BatchOutcome()
+    return BatchOutcome(hand_back=tuple(range(len(jobs))))
+
+
+def _one_by_one(jobs: list[Any]) -> BatchOutcome:
+    """``apply_jobs`` for each job alone; the outcomes gathered under the batch's indices."""
+    hand_back: list[int] = []
+    failed: list[tuple[int, str]] = []
+    for index, job in enumerate(jobs):
+        alone = apply_jobs([job])
+        hand_back.extend(index for _ in alone.hand_back)
+        failed.extend((index, error) for _, error in alone.failed)
+    return BatchOutcome(tuple(hand_back), tuple(failed))
+
+
+def _job_id(job: Any) -> str | None:
+    if isinstance(job, Exhausted):
+        job = job.job
+    if isinstance(job, Unreadable):
+        return job.task_id
+    job_id = job.get("job_id") if isinstance(job, dict) else None
+    return job_id if isinstance(job_id, str) else None
 
 
 def _process(messages: list[Any]) -> list[Outcome | None]:
@@ -135,22 +177,40 @@ def _readable(job: Any) -> Any:
     return refused
 
 
-def _fail(job: Any, started: float) -> list[int]:
-    """Records ``job``, which failed with an unexpected error, as failed (500)."""
+def _record_dead(exhausted: Exhausted) -> BatchOutcome:
+    """Records a job whose every try failed as failed (500) and dead-letters it: the
+    dead letter first, so a job that ended so always has one. If that cannot be done
+    now, it goes back on the queue (and gets its tries again)."""
+    started = time.monotonic()
     try:
-        readable = _readable(job)
-        if isinstance(readable, dict):
-            readable = ContactJob.from_message(readable)
-        if not isinstance(readable, ContactJob):
-            return []  # names no job: nothing to record it in
-        outcomes = _process([replace(readable, refusal=Refusal(500, APPLY_FAILED_MESSAGE))])
+        readable = _readable(exhausted.job)
+        job = ContactJob.from_message(readable) if isinstance(readable, dict) else readable
+        if not isinstance(job, ContactJob):
+            return BatchOutcome()  # names no job: nothing to record it in
+        record = board().pending(job.job_id) or {}
+        owner, lane = record.get("callback"), record.get("callback_lane")
+        record_dead_letter(
+            engine(), job, readable, attempts=exhausted.attempts, error=exhausted.error,
+            callback=CallbackRoute(owner, lane) if owner and lane else None,
+        )  # fmt: skip
+        outcomes = _process([replace(job, refusal=Refusal(500, PROCESSING_FAILED_MESSAGE))])
     except TRANSIENT_ERRORS:
-        return [0]  # it comes back, and fails again or succeeds
+        return BatchOutcome(hand_back=(0,))  # it comes back, and is tried again
     except Exception:
-        log.exception("could not record the job's failure")
-        return []
-    _count([job], outcomes, time.monotonic() - started)
-    return []
+        log.exception(
+            "could not record the job's failure; it goes back on the queue",
+            extra={"job_id": _job_id(exhausted)},
+        )
+        return BatchOutcome(hand_back=(0,))
+    if outcomes[0] is not None and not outcomes[0].replayed:  # else a try had committed
+        log.error(
+            "job dead-lettered: failed with 500 after %d tries (last: %s)",
+            exhausted.attempts,
+            exhausted.error,
+            extra={"job_id": job.job_id, "attempts": exhausted.attempts, "error": exhausted.error},
+        )
+    _count([exhausted.job], outcomes, time.monotonic() - started)
+    return BatchOutcome()
 
 
 def _count(jobs: list[Any], outcomes: list[Outcome | None], seconds: float) -> None:
@@ -167,8 +227,9 @@ class ContactJobs(BatchTask):
     batch_size = _settings.worker_batch_size
     # A job's body sits three levels down its message: [args, {"job": {"body": ...}}, embed].
     max_depth = MAX_DEPTH + 3
+    max_attempts = _settings.job_max_attempts
 
-    def run_batch(self, jobs: list[Any]) -> list[int]:
+    def run_batch(self, jobs: list[Any]) -> BatchOutcome:
         return apply_jobs(jobs)
 
     def weight(self, job: Any) -> int:
@@ -186,7 +247,8 @@ def ingest_contact(job: Any) -> None:
     Workers do not call this: they apply the task's messages in batches
     (``ContactJobs.run_batch``). It serves eager calls, with the same handling.
     """
-    if apply_jobs([job]):
+    outcome = apply_jobs([job])
+    if outcome.hand_back or outcome.failed:
         raise RuntimeError("job could not be applied now; try again")
 
 

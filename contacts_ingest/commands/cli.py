@@ -378,6 +378,100 @@ def keys_list(user_id: str | None) -> None:
         )
 
 
+@main.group()
+def jobs() -> None:
+    """Dead-lettered jobs (list, retry) and pruning old final jobs."""
+
+
+@jobs.command("dead")
+@click.option("--user", "user_id", default=None, help="Only this user's jobs.")
+def jobs_dead(user_id: str | None) -> None:
+    """List dead-lettered jobs: id, user, attempts, last error class, when it failed."""
+    from contacts_ingest.infrastructure.database import make_engine
+    from contacts_ingest.ingestion.dead_letters import list_dead_jobs
+
+    engine = make_engine(_settings().database_url, pool_size=1)
+    for dead in list_dead_jobs(engine, user_id=user_id):
+        click.echo(
+            f"{dead.job_id}\t{dead.user_id}\t{dead.attempts}\t{dead.error}"
+            f"\t{dead.failed_at.isoformat()}"
+        )
+
+
+@jobs.command("retry")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every dead-lettered job.")
+def jobs_retry(job_ids: tuple[str, ...], every: bool) -> None:
+    """Queue dead-lettered jobs again under their own ids (exactly once still holds: a
+    retry that succeeds replaces the job's 500 outcome). Prints each job id queued."""
+    import redis
+
+    from contacts_ingest.infrastructure.database import make_engine
+    from contacts_ingest.ingestion.dead_letters import NotRetriable, list_dead_jobs, retry
+    from contacts_ingest.jobs.board import JobBoard, JobsShed
+
+    if every == bool(job_ids):
+        raise click.UsageError("name the jobs to retry, or give --all")
+    settings = _settings()
+    engine = make_engine(settings.database_url, pool_size=1)
+    dead = list_dead_jobs(engine, job_ids=None if every else job_ids)
+    board = JobBoard.for_settings(redis.Redis.from_url(settings.redis_url), settings)
+    found = {job.job_id for job in dead}
+    problems = [f"{job_id}: not a dead-lettered job" for job_id in job_ids if job_id not in found]
+    queued = 0
+    for job in dead:
+        try:
+            retry(board, job, settings.job_retention_days)
+        except NotRetriable as exc:
+            problems.append(str(exc))
+            continue
+        except JobsShed as exc:
+            raise click.ClickException(
+                f"{exc}: {job.job_id} and those after it not queued"
+            ) from exc
+        click.echo(job.job_id)
+        queued += 1
+    click.echo(f"queued {queued} job(s) again", err=True)
+    if problems:
+        raise click.ClickException("; ".join(problems))
+
+
+@jobs.command("prune")
+@click.option(
+    "--older-than",
+    "older_than",
+    default=None,
+    show_default="JOB_RETENTION_DAYS, default 30d",
+    help="Remove final jobs accepted longer ago than this: 30d, 12h, 0s (every final job).",
+)
+def jobs_prune(older_than: str | None) -> None:
+    """Remove old final jobs (status rows, dead letters) by dropping whole day partitions.
+
+    Contacts are never touched. Workers do this by themselves every hour with
+    JOB_RETENTION_DAYS; this does it now.
+    """
+    from datetime import timedelta
+
+    from contacts_ingest.infrastructure.database import make_engine
+    from contacts_ingest.ingestion.retention import parse_duration, prune
+
+    settings = _settings()
+    try:
+        age = (
+            parse_duration(older_than)
+            if older_than is not None
+            else timedelta(days=settings.job_retention_days)
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from exc
+    pruned = prune(make_engine(settings.database_url, pool_size=1), age)
+    click.echo(
+        f"removed final jobs accepted before {pruned.cutoff.isoformat()}: "
+        f"{len(pruned.partitions)} partition(s) dropped, {pruned.stragglers} other row(s)",
+        err=True,
+    )
+
+
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--user", "user_id", required=True, help="The user the contacts belong to.")

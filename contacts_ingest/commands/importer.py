@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from contacts_ingest.jobs.board import JobsShed
 from contacts_ingest.model.contact import BATCH_MAX_CONTACTS
 from contacts_ingest.producer import ContactProducer
 
@@ -26,6 +27,8 @@ FIRST_ERRORS = 10
 # How long the oldest batch may stay queued before the importer says no worker took it.
 STALL_SECONDS = 10.0
 NOT_JSON_MESSAGE = "body: Request body must be valid JSON"
+# How long the importer waits before sending again a batch that was shed.
+SHED_PAUSE_SECONDS = 1.0
 
 
 @dataclass
@@ -151,7 +154,15 @@ def import_file(
     def send(rows: list[tuple[int, Any]]) -> None:
         if wait and len(in_flight) >= window:
             settle_oldest()
-        job_id = producer.enqueue_batch(user_id, [row for _, row in rows], upsert=upsert)
+        while True:
+            try:
+                job_id = producer.enqueue_batch(user_id, [row for _, row in rows], upsert=upsert)
+                break
+            except JobsShed:  # the queue is full: let workers catch up, then send again
+                if wait and in_flight:
+                    settle_oldest()
+                else:
+                    time.sleep(SHED_PAUSE_SECONDS)
         on_sent(job_id)
         if wait:
             in_flight.append(_Sent(job_id, tuple(line for line, _ in rows)))

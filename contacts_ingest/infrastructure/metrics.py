@@ -43,6 +43,12 @@ WAITS_DECLINED = Counter(
     "Prefer: wait requests answered 202 at once: their user, or the process, had the most"
     " waiting already.",
 )
+SHED = Counter(
+    "contacts_gateway_shed_total",
+    "New jobs refused with 503 because admissions are shed, by reason: queue_full"
+    " (MAX_QUEUED_JOBS), out_of_memory (Redis over maxmemory).",
+    ["reason"],
+)
 ENQUEUE_FAILURES = Counter(
     "contacts_gateway_enqueue_failures_total",
     "Accepted writes whose job could not be published (answered 503).",

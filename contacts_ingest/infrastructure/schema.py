@@ -53,6 +53,10 @@ contacts = Table(
     Index("contacts_user_email_key", "user_id", "email_key", unique=True),
 )
 
+# A final job's status row. Partitioned by acceptance day (UTC): ``contact_jobs_pYYYYMMDD``
+# partitions are made ahead of need and dropped whole once old (contacts_ingest/
+# ingestion/retention.py); ``contact_jobs_default`` takes rows of days without one, and
+# ``contact_jobs_legacy`` holds the rows from before partitioning (migration 0005).
 contact_jobs = Table(
     "contact_jobs",
     metadata,
@@ -67,7 +71,9 @@ contact_jobs = Table(
     Column("contact_id", String(40)),
     Column("attempts", Integer, nullable=False, server_default="1"),
     Column("request_id", String(100)),
-    Column("accepted_at", DateTime(timezone=True), nullable=False),
+    # The partition key, so it is part of the key: a job's deliveries all carry its
+    # acceptance time, so the job id alone still names one row.
+    Column("accepted_at", DateTime(timezone=True), primary_key=True),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=False),
     CheckConstraint("operation IN ('create', 'upsert')", name="contact_jobs_operation_valid"),
@@ -81,6 +87,41 @@ contact_jobs = Table(
         text('job_id COLLATE "C"'),
         postgresql_where=text("status = 'failed'"),
     ),
+    postgresql_partition_by="RANGE (accepted_at)",
+)
+
+# Jobs that failed unexpectedly on every try (JOB_MAX_ATTEMPTS) and ended failed with
+# 500: what operators need to look into them and queue them again. Partitioned like
+# contact_jobs, and pruned with it. A row counts only while its job's status row is
+# that 500 (it is written just before it).
+dead_jobs = Table(
+    "dead_jobs",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("accepted_at", DateTime(timezone=True), primary_key=True),
+    Column("user_id", String(200), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    # The last failure's exception class (never its text: it may quote contact data).
+    Column("error", String(200), nullable=False),
+    Column("failed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # The job as its message carried it, to queue it again; null if it could not be read.
+    Column("message", JSON),
+    # Who its completion callback goes to, and the receiver's origin (or null): a retry
+    # that succeeds is called back too.
+    Column("callback_owner", String(40)),
+    Column("callback_lane", Text),
+    postgresql_partition_by="RANGE (accepted_at)",
+)
+
+# One row: every final job accepted before ``pruned_before`` has been pruned (null until
+# a prune), so a late redelivery of such a job (no status row, no Redis record) is not
+# applied again.
+job_retention = Table(
+    "job_retention",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("pruned_before", DateTime(timezone=True)),
+    CheckConstraint("id = 1", name="job_retention_one_row"),
 )
 
 api_keys = Table(
@@ -136,7 +177,7 @@ webhook_secrets = Table(
 
 # The newest migration this code expects (a test keeps it equal to Alembic's head). The
 # gateway checks it for readiness without importing Alembic (about 12 MiB per process).
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 
 def require_current_schema(conn: Connection, head: str = SCHEMA_HEAD) -> None:

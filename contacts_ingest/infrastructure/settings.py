@@ -83,8 +83,14 @@ class Settings(BaseSettings):
     wait_max_per_process: int = Field(default=100, ge=0)
     # Seconds a client has to send a request's head (line and headers); then it is closed.
     gateway_header_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
-    # How long a queued job's record lives in Redis if no worker ever finishes it.
-    job_record_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    # Days a final job (its status row, its dead letter) is kept; a pending job's Redis
+    # record lives at most as long. Older ones are pruned (contacts never are).
+    job_retention_days: int = Field(default=30, ge=1)
+    # Jobs the queue may hold before the gateway sheds new ones with 503; 0: no limit.
+    max_queued_jobs: int = Field(default=1_000_000, ge=0)
+    # Deliveries a job may fail unexpectedly (or kill its pool process on), each but the
+    # first on its own; then it ends failed with 500 and is dead-lettered.
+    job_max_attempts: int = Field(default=5, ge=1)
     # The most jobs a worker process applies in one transaction (see worker/batching.py).
     worker_batch_size: int = Field(default=200, ge=1, le=5000)
     # Base and cap, in seconds, of the exponential backoff for transient database errors.

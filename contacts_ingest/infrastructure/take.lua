@@ -1,9 +1,13 @@
+#!lua flags=allow-oom
 -- Taking: the messages BLMOVE left in a consumer's inbox, and up to ARGV[2] more from
 -- its queue (stopping once they add up to ARGV[3] bytes), each recorded as
 -- unacknowledged (kombu's unacked hash and index, scored with the consumer's clock) in
 -- the same step that takes it. A message that is not a kombu message (no delivery tag)
 -- is returned unrecorded, and nothing is recorded for a consumer that acknowledges
 -- nothing (a control client reading its replies), whose messages would otherwise stay.
+-- Allowed while Redis is over maxmemory: a message only moves, from the queue to the
+-- unacked record (a few dozen bytes more each, for the messages in hand, all freed by
+-- their acknowledgement), so workers can drain a Redis that refuses admissions.
 --
 -- KEYS[1] the queue (list)   KEYS[2] the consumer's inbox (list)
 -- KEYS[3] kombu's unacked hash   KEYS[4] kombu's unacked index (sorted set)

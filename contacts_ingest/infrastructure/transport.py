@@ -18,6 +18,13 @@ record, in one step and one round trip; and acknowledgements given together
 inbox and acknowledging had cost four round trips per message, which held a worker to
 a few hundred jobs a second.
 
+A consumer also drains a Redis that is over its maxmemory (admissions are refused
+then): its scripts are flagged to run regardless (they move messages or free memory),
+and when Redis refuses BLMOVE, which could grow memory, it takes straight from the
+queue with the take script instead. What Redis still refuses then (kombu's sweep lock,
+handing a message back, recording a queue's binding) is logged and left until Redis is
+under its limit again.
+
 Celery selects it with ``broker_transport`` (see celeryconfig.py).
 """
 
@@ -28,7 +35,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from time import monotonic, time
+from time import monotonic, sleep, time
 from typing import Any
 
 import orjson
@@ -39,11 +46,20 @@ from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from contacts_ingest.infrastructure.redis_scripts import RedisScript
+
 logger = logging.getLogger(__name__)
 
 
+def _script(name: str) -> str:
+    return (Path(__file__).parent / f"{name}.lua").read_text()
+
+
 # Taking many messages at once, recorded as unacknowledged in the same step.
-_TAKE_SCRIPT = (Path(__file__).parent / "take.lua").read_text()
+_TAKE_SCRIPT = _script("take")
+_HEARTBEAT_SCRIPT = _script("heartbeat")
+_ACK_SCRIPT = _script("ack")
+_RECLAIM_SCRIPT = _script("reclaim")
 
 # The most messages one take moves at once (the prefetch limit may lower it).
 TAKE_AT_MOST = 500
@@ -51,6 +67,10 @@ TAKE_AT_MOST = 500
 # until some are settled (the prefetch limit counts messages, and a bulk job's message
 # can be 10 MiB).
 BYTES_IN_HAND = 32 * 2**20
+
+# While Redis is over maxmemory and the queue is empty, how long a consumer waits before
+# it looks again (it cannot block on the queue then: Redis refuses BLMOVE).
+OUT_OF_MEMORY_POLL_SECONDS = 0.5
 
 # What Redis calls raise once the connection is lost, or once kombu released it (the
 # channel of a message delivered before a reconnect has no connection any more).
@@ -110,18 +130,19 @@ class QoS(kombu_redis.QoS):
         if self._deferred is not None:
             self._deferred.append(delivery_tag)
             return
-        try:
-            super().ack(delivery_tag)
-        except _CONNECTION_GONE as exc:
-            self._leave_to_redelivery(delivery_tag, "acknowledge", exc)
+        self._ack_all([delivery_tag])
 
     def _ack_all(self, tags: list[str]) -> None:
+        channel = self.channel
         try:
-            with self.channel.conn_or_acquire() as client:
-                pipe = client.pipeline()
-                for tag in tags:
-                    self._remove_from_indices(tag, pipe)
-                pipe.execute()
+            if isinstance(channel, Channel):
+                channel.remove_unacked(tags, self.unacked_key, self.unacked_index_key)
+            else:
+                with channel.conn_or_acquire() as client:
+                    pipe = client.pipeline()
+                    for tag in tags:
+                        self._remove_from_indices(tag, pipe)
+                    pipe.execute()
         except _CONNECTION_GONE as exc:
             for tag in tags:
                 self._leave_to_redelivery(tag, "acknowledge", exc)
@@ -170,7 +191,16 @@ class QoS(kombu_redis.QoS):
         if isinstance(channel, Channel):
             channel.inbox_heartbeat()
             channel.reclaim_dead_inboxes()
-        return super().restore_visible(start=start, num=num, interval=interval)
+        try:
+            return super().restore_visible(start=start, num=num, interval=interval)
+        except redis.exceptions.OutOfMemoryError:
+            # kombu's sweep lock and its restores are plain writes, refused over
+            # maxmemory; the messages wait in the unacked hash for a later sweep.
+            logger.warning(
+                "Redis is over maxmemory: messages of dead consumers are restored once it"
+                " is under its limit again"
+            )
+            return None
 
 
 class Channel(kombu_redis.Channel):
@@ -182,6 +212,9 @@ class Channel(kombu_redis.Channel):
         self._inbox_queue: str | None = None
         self._unprefixed: redis.Redis | None = None
         self._take: Any = None
+        self._heartbeat: Any = None
+        self._reclaim: Any = None
+        self._ack: Any = None
         # Queues consumed without acknowledgements (a control client's replies).
         self._no_ack_queues: set[str] = set()
 
@@ -210,11 +243,14 @@ class Channel(kombu_redis.Channel):
         """Tell other consumers this one is alive (called from kombu's periodic sweep)."""
         if self._inbox_queue is None:
             return
-        client = self._plain_client()
+        if self._heartbeat is None:
+            self._heartbeat = RedisScript(self._plain_client(), _HEARTBEAT_SCRIPT)
         # Silent for a visibility timeout, a consumer counts as dead, like its unacked messages.
         alive_for = max(2, int(self.visibility_timeout))
-        client.set(self._key(f"inbox-alive{self.sep}{self._inbox_id}"), 1, ex=alive_for)
-        client.sadd(self._key("inboxes"), f"{self._inbox_queue}{self.sep}{self._inbox_id}")
+        self._heartbeat(
+            keys=[self._key(f"inbox-alive{self.sep}{self._inbox_id}"), self._key("inboxes")],
+            args=[alive_for, f"{self._inbox_queue}{self.sep}{self._inbox_id}"],
+        )
 
     def reclaim_dead_inboxes(self) -> None:
         """Put the messages of consumers whose heartbeat lapsed back on their queues."""
@@ -225,11 +261,12 @@ class Channel(kombu_redis.Channel):
                 self._key(f"inbox-alive{self.sep}{inbox_id}")
             ):
                 continue
-            inbox = self._inbox_key(inbox_id, queue)
-            # Oldest first back to the consuming end, one atomic move at a time.
-            while client.lmove(inbox, self._key(queue), "RIGHT", "RIGHT") is not None:
-                pass
-            client.srem(self._key("inboxes"), entry)
+            if self._reclaim is None:
+                self._reclaim = RedisScript(client, _RECLAIM_SCRIPT)
+            self._reclaim(
+                keys=[self._inbox_key(inbox_id, queue), self._key(queue), self._key("inboxes")],
+                args=[entry],
+            )
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         # Several queues need BRPOP's many keys: keep kombu's way there. (Jobs are
@@ -265,13 +302,23 @@ class Channel(kombu_redis.Channel):
         try:
             try:
                 item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+                handed = 1
+            except redis.exceptions.OutOfMemoryError:
+                # Over maxmemory Redis refuses BLMOVE, but runs the take script: take
+                # from the queue directly (nothing to wait on), and look again soon.
+                item, handed = b"", 0
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
             if item is None:
                 raise Empty()
+            taken = self._take_recorded(queue, handed)
+            if not taken:
+                if not handed:
+                    sleep(OUT_OF_MEMORY_POLL_SECONDS)
+                raise Empty()
             self._queue_cycle.rotate(queue)
-            for raw in self._take_recorded(queue):
+            for raw in taken:
                 self._deliver_taken(raw, queue)
             return True
         finally:
@@ -280,13 +327,39 @@ class Channel(kombu_redis.Channel):
             if flush is not None:
                 flush()
 
-    def _take_recorded(self, queue: str) -> list[bytes]:
-        """This consumer's inbox and more of ``queue``, recorded as unacknowledged."""
+    def remove_unacked(self, tags: list[str], unacked_key: str, index_key: str) -> None:
+        """Acknowledge ``tags``: their unacked records go, in one atomic step (allowed
+        while Redis is over maxmemory; kombu's MULTI transaction is not)."""
+        if self._ack is None:
+            self._ack = RedisScript(self._plain_client(), _ACK_SCRIPT)
+        self._ack(keys=[self._key(unacked_key), self._key(index_key)], args=tags)
+
+    def _size(self, queue: str) -> int:
+        # kombu asks in a MULTI transaction, which Redis refuses whole while over
+        # maxmemory (a worker could then not even start); these are reads.
+        pipe = self._plain_client().pipeline(transaction=False)
+        for pri in self.priority_steps:
+            pipe.llen(self._key(self._q_for_pri(queue, pri)))
+        return sum(size for size in pipe.execute() if isinstance(size, int))
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        try:
+            super()._queue_bind(exchange, routing_key, pattern, queue)
+        except redis.exceptions.OutOfMemoryError:
+            # A binding routes messages published through an exchange; jobs are pushed
+            # onto their queue directly, and consumed without it.
+            logger.warning(
+                "Redis is over maxmemory: the binding of queue %s is not recorded", queue
+            )
+
+    def _take_recorded(self, queue: str, handed: int = 1) -> list[bytes]:
+        """This consumer's inbox and more of ``queue``, recorded as unacknowledged;
+        ``handed`` messages are in the inbox already (BLMOVE's)."""
         if self._take is None:
-            self._take = self._plain_client().register_script(_TAKE_SCRIPT)
+            self._take = RedisScript(self._plain_client(), _TAKE_SCRIPT)
         qos = self.qos
         room = qos.can_consume_max_estimate()
-        more = TAKE_AT_MOST if room is None else max(0, min(TAKE_AT_MOST, room - 1))
+        more = TAKE_AT_MOST if room is None else max(0, min(TAKE_AT_MOST, room - handed))
         budget = BYTES_IN_HAND - (qos.bytes_in_hand() if isinstance(qos, QoS) else 0)
         keys = [
             self._key(queue),

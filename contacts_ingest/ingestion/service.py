@@ -46,6 +46,7 @@ from sqlalchemy.sql.selectable import TableValuedAlias
 from sqlalchemy.types import TypeEngine
 
 from contacts_ingest.infrastructure.schema import contact_jobs, contacts
+from contacts_ingest.ingestion.retention import pruned_before
 from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.jobs.job import (
     ContactJob,
@@ -235,7 +236,12 @@ _JOB_IDS = cast(bindparam("job_ids"), ARRAY(Text))
 _LOCK_KEY = func.hashtextextended(func.unnest(_JOB_IDS).column_valued("j"), literal_column("0"))
 _LOCKS = select(_LOCK_KEY.label("k")).distinct().order_by("k").subquery("locks")
 _LOCK_JOBS = select(func.pg_advisory_xact_lock(_LOCKS.c.k), func.now())
-_DONE_JOBS = select(contact_jobs).where(contact_jobs.c.job_id == any_(_JOB_IDS))
+# Every delivery of a job carries its acceptance time: only the partitions of the
+# batch's acceptance days are searched (the status table is partitioned by day).
+_DONE_JOBS = select(contact_jobs).where(
+    contact_jobs.c.job_id == any_(_JOB_IDS),
+    contact_jobs.c.accepted_at.between(bindparam("since"), bindparam("until")),
+)
 
 
 _decode = json.JSONDecoder().raw_decode
@@ -427,9 +433,10 @@ class ContactIngestor:
             return [None] * len(order)
         started = datetime.now(UTC)
         ids = list(jobs)
-        attempts = {
-            job_id: max(1, n) for job_id, n in zip(ids, self._board.start_many(ids), strict=True)
-        }
+        counted = dict(zip(ids, self._board.start_many(ids), strict=True))
+        attempts = {job_id: max(1, n) for job_id, n in counted.items()}
+        # Jobs without a Redis record: final already, or pruned (see _without_pruned).
+        unrecorded = {job_id for job_id, n in counted.items() if n == 0}
         # Validation runs outside the transaction; a refused job is never applied.
         items = {
             job_id: _refused(job.refusal) if job.refusal else _items_of(job)
@@ -438,7 +445,7 @@ class ContactIngestor:
         while True:  # each new attempt finds one more contact stored: this ends
             try:
                 with self._engine.begin() as conn:
-                    outcomes = self._apply_once(conn, jobs, items, started, attempts)
+                    outcomes = self._apply_once(conn, jobs, items, started, attempts, unrecorded)
                 break
             except _CreatedMeanwhile:
                 log.info("a contact was created meanwhile by another transaction: again")
@@ -457,7 +464,7 @@ class ContactIngestor:
         answered: set[str] = set()
         results: list[Outcome | None] = []
         for named in order:
-            if named is None:
+            if named is None or named not in outcomes:  # no job, or one pruned already
                 results.append(None)
             elif named in answered:
                 results.append(replace(outcomes[named], replayed=True))
@@ -473,17 +480,28 @@ class ContactIngestor:
         items: dict[str, list[_Item] | ContactInvalid],
         started: datetime,
         attempts: dict[str, int],
+        unrecorded: set[str],
     ) -> dict[str, Outcome]:
         # Serialises concurrent deliveries of one job id (a visibility-timeout redelivery
         # racing the original): the second waits, then finds the first one's row. Locks
         # are taken in one statement, in a fixed order, so two workers cannot deadlock.
         [(_, now), *_] = conn.execute(_LOCK_JOBS, {"job_ids": list(jobs)}).all()
-        done = conn.execute(_DONE_JOBS, {"job_ids": list(jobs)})
+        times = [job.accepted_at_us for job in jobs.values()]
+        done = conn.execute(
+            _DONE_JOBS,
+            {
+                "job_ids": list(jobs),
+                "since": datetime_from_us(min(times)),
+                "until": datetime_from_us(max(times)),
+            },
+        )
         outcomes = {row["job_id"]: Outcome.from_row(row, replayed=True) for row in done.mappings()}
         pending = sorted(
             (job for job in jobs.values() if job.job_id not in outcomes),
             key=lambda job: job.accepted_at_us,
         )
+        if unrecorded & {job.job_id for job in pending}:
+            pending = self._without_pruned(conn, pending, unrecorded)
         if not pending:
             return outcomes
         to_apply = [
@@ -520,6 +538,26 @@ class ContactIngestor:
             )
         conn.execute(_INSERT_STATUS_ROWS, _rows_parameter(rows))
         return outcomes
+
+    def _without_pruned(
+        self, conn: Connection, pending: list[ContactJob], unrecorded: set[str]
+    ) -> list[ContactJob]:
+        """``pending`` without the jobs that were final and have been pruned since: no
+        status row, no Redis record, accepted before the last prune. A late redelivery
+        of one is logged and dropped, never applied a second time."""
+        horizon = pruned_before(conn)  # read after the status rows: it cannot lag a prune
+        if horizon is None:
+            return pending
+        kept = []
+        for job in pending:
+            if job.job_id in unrecorded and datetime_from_us(job.accepted_at_us) < horizon:
+                log.warning(
+                    "dropping a delivery of a job pruned already",
+                    extra={"job_id": job.job_id, "request_id": job.request_id},
+                )
+            else:
+                kept.append(job)
+        return kept
 
     def _apply_items(
         self, conn: Connection, items: list[_Item], now: datetime

@@ -1,3 +1,4 @@
+#!lua
 -- Admission: one atomic step, on Redis's own clock. A repeat of a request already
 -- accepted under the same Idempotency-Key is answered from its record and counts
 -- nothing; any other request counts against the user's rolling window (a sorted set of
@@ -5,6 +6,13 @@
 -- request within the limit is recorded as queued, its Idempotency-Key remembered, and
 -- its Celery message pushed onto the queue, all at once. Every verdict comes with the
 -- window's state, for the RateLimit headers.
+--
+-- Load shedding: a valid request finds the queue already holding ARGV[15] jobs (0: no
+-- limit) and is refused before it counts or records anything. And the script is
+-- flagged (the first line, with no flags): Redis then refuses it whole, before it
+-- runs, while its memory is over maxmemory. (Unflagged, Redis would decide at the
+-- script's first write command, which frees memory here, and let every later write
+-- through.) The board answers such a request from admit_readonly.lua instead.
 --
 -- KEYS[1] the user's window (sorted set)   KEYS[2] the job's record (hash)
 -- KEYS[3] the idempotency record, or ''     KEYS[4] the queue (list)
@@ -17,9 +25,11 @@
 -- ARGV[11], ARGV[12] the job's Celery message before and after its acceptance time
 -- ARGV[13], ARGV[14] who is called back when the job is final (a key or endpoint id) and
 -- the receiver's origin, or '' and ''
+-- ARGV[15] the most jobs the queue may hold for a new one to be admitted, 0 for no limit
 -- Returns {verdict, remaining (-1 without a limit), reset in microseconds, now in
 -- microseconds, original job id, original operation}; verdict: 1 admitted (or counted),
--- 0 over the limit, 2 a replay of the original, 3 the key was used for other content.
+-- 0 over the limit, 2 a replay of the original, 3 the key was used for other content,
+-- 4 shed: the queue is full (nothing counted).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local verdict = 1
@@ -29,6 +39,10 @@ if KEYS[3] ~= '' then
   if seen[1] then
     verdict = seen[1] == ARGV[9] and 2 or 3
   end
+end
+if verdict == 1 and ARGV[5] == '1' and tonumber(ARGV[15]) > 0
+   and redis.call('LLEN', KEYS[4]) >= tonumber(ARGV[15]) then
+  return {4, -1, 0, now, '', ''}
 end
 local remaining = -1
 local reset = 0

@@ -2,18 +2,22 @@
 
 Every producer (the gateway, internal producers, the importer, the benchmark) admits
 through ``JobBoard.admit``: one atomic Redis step that checks the rate limit, settles
-the request's Idempotency-Key, records the job and queues its Celery message. The
-scripts are the ``.lua`` files beside this module, each headed by its KEYS and ARGV.
+the request's Idempotency-Key, records the job and queues its Celery message, unless
+admissions are shed (the queue full, or Redis out of memory). The scripts are the
+``.lua`` files beside this module, each headed by its KEYS and ARGV, and by the flags
+that say whether Redis runs it while over maxmemory: admission never does; what a
+worker runs to finish jobs always does, so workers can drain a Redis that sheds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import redis
 
+from contacts_ingest.infrastructure.redis_scripts import RedisScript
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.callbacks import CallbackRoute
 from contacts_ingest.jobs.job import (
@@ -33,6 +37,16 @@ Position = tuple[int, str]
 
 # What admission says about a request's Idempotency-Key.
 IdempotencyVerdict = Literal["new", "replay", "reused"]
+# Why a new job was shed: the queue holds MAX_QUEUED_JOBS, or Redis is over maxmemory.
+ShedReason = Literal["queue full", "out of memory"]
+
+
+class JobsShed(Exception):
+    """The job was not admitted: admissions are shed for now (``reason``). Retry later."""
+
+    def __init__(self, reason: ShedReason) -> None:
+        super().__init__(f"jobs are not admitted for now ({reason}); retry later")
+        self.reason: ShedReason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +73,8 @@ class Admission:
     idempotency: IdempotencyVerdict = "new"
     # (job id, operation) of the accepted original, for a replay.
     original: tuple[str, Operation] | None = None
+    # Set when the request was shed: nothing was counted, recorded or queued.
+    shed: ShedReason | None = None
 
 
 def _script(name: str) -> str:
@@ -80,18 +96,22 @@ class JobBoard:
         *,
         key_prefix: str,
         record_ttl_seconds: int,
+        max_queued_jobs: int = 0,
         callback_ttl_seconds: int = 2 * 24 * 3600,
     ) -> None:
         self._redis = client
         self._messages = messages
         self._prefix = key_prefix
         self._ttl = record_ttl_seconds
+        self._max_queued = max_queued_jobs
         self._callback_ttl = callback_ttl_seconds
-        self._admit = client.register_script(_script("admit"))
-        self._start = client.register_script(_script("start"))
-        self._forget = client.register_script(_script("forget"))
-        self._watch = client.register_script(_script("watch"))
-        self._pending_page = client.register_script(_script("pending_page"))
+        self._admit = RedisScript(client, _script("admit"))
+        self._admit_readonly = RedisScript(client, _script("admit_readonly"))
+        self._requeue = RedisScript(client, _script("requeue"))
+        self._start = RedisScript(client, _script("start"))
+        self._forget = RedisScript(client, _script("forget"))
+        self._watch = RedisScript(client, _script("watch"))
+        self._pending_page = RedisScript(client, _script("pending_page"))
 
     @classmethod
     def for_settings(cls, client: redis.Redis, settings: Settings) -> JobBoard:
@@ -99,7 +119,8 @@ class JobBoard:
             client,
             CeleryMessages(settings),
             key_prefix=settings.redis_key_prefix,
-            record_ttl_seconds=settings.job_record_ttl_seconds,
+            record_ttl_seconds=settings.job_retention_days * 24 * 3600,
+            max_queued_jobs=settings.max_queued_jobs,
             # A callback outlives its retries by a day, then nothing of it is left.
             callback_ttl_seconds=settings.callback_retry_window_seconds + 24 * 3600,
         )
@@ -138,37 +159,55 @@ class JobBoard:
         without counting. An admitted job's message is on its queue when this returns;
         the job's ``accepted_at_us`` is ignored: Redis's clock decides it. With
         ``callback``, the job's outcome is POSTed there once it is final.
+
+        A new job is shed (``shed`` says why; nothing counted, recorded or queued) when
+        the queue holds ``max_queued_jobs`` already or Redis is over maxmemory; a
+        replay is answered even then. Over maxmemory nothing is counted at all: a
+        refused request gets its verdict (reused key, over the limit) uncounted.
         """
         writes, window = limit if limit else (0, 0)
         queue, head, tail = self._messages(job) if job else ("", b"", b"")
-        verdict, remaining, reset_us, now_us, original_id, original_op = self._admit(
-            keys=[
-                self.quota_key(user_id, quota),
-                self.record_key(job.job_id if job else ""),
-                self.idempotency_key(user_id, idempotency.key_hash) if idempotency else "",
-                queue,
-                self.pending_index_key(user_id),
-            ],
-            args=[
-                "1" if limit else "0",
-                writes,
-                window * 1_000_000,
-                member,
-                "1" if job else "0",
-                user_id,
-                job.operation if job else "create",
-                self._ttl,
-                idempotency.fingerprint if idempotency else "",
-                IDEMPOTENCY_TTL_SECONDS,
-                head,
-                tail,
-                callback.owner if callback else "",
-                callback.lane if callback else "",
-            ],
-        )
+        idempotency_key = self.idempotency_key(user_id, idempotency.key_hash) if idempotency else ""
+        fingerprint = idempotency.fingerprint if idempotency else ""
+        try:
+            answer = self._admit(
+                keys=[
+                    self.quota_key(user_id, quota),
+                    self.record_key(job.job_id if job else ""),
+                    idempotency_key,
+                    queue,
+                    self.pending_index_key(user_id),
+                ],
+                args=[
+                    "1" if limit else "0",
+                    writes,
+                    window * 1_000_000,
+                    member,
+                    "1" if job else "0",
+                    user_id,
+                    job.operation if job else "create",
+                    self._ttl,
+                    fingerprint,
+                    IDEMPOTENCY_TTL_SECONDS,
+                    head,
+                    tail,
+                    callback.owner if callback else "",
+                    callback.lane if callback else "",
+                    self._max_queued,
+                ],
+            )
+            shed: ShedReason = "queue full"
+        except redis.exceptions.OutOfMemoryError:
+            # Refused whole, before it ran: nothing was counted or written.
+            answer = self._admit_readonly(
+                keys=[self.quota_key(user_id, quota), idempotency_key],
+                args=["1" if limit else "0", writes, window * 1_000_000, fingerprint],
+            )
+            shed = "out of memory"
+        verdict, remaining, reset_us, now_us, original_id, original_op = answer
         verdicts: dict[int, IdempotencyVerdict] = {2: "replay", 3: "reused"}
         return Admission(
-            allowed=verdict != 0,
+            allowed=verdict not in (0, 4),
             remaining=None if remaining < 0 else int(remaining),
             reset_seconds=max(1, -(-int(reset_us) // 1_000_000)) if reset_us > 0 else 0,
             accepted_at_us=int(now_us),
@@ -176,7 +215,49 @@ class JobBoard:
             original=(original_id.decode(), operation_named(original_op.decode()))
             if verdict == 2
             else None,
+            shed=shed if verdict == 4 else None,
         )
+
+    def shedding(self) -> ShedReason | None:
+        """Why new jobs would be shed right now, or None (for readiness probes: two reads)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.llen(self._messages.queue_key)
+        pipe.info("memory")
+        queued, memory = pipe.execute()
+        if self._max_queued and queued >= self._max_queued:
+            return "queue full"
+        # What Redis compares with maxmemory (it leaves its AOF and replica buffers out).
+        used = int(memory.get("used_memory", 0)) - int(memory.get("mem_not_counted_for_evict", 0))
+        if 0 < int(memory.get("maxmemory", 0)) < used:
+            return "out of memory"
+        return None
+
+    def requeue(
+        self, job: ContactJob, record_ttl_seconds: int, callback: CallbackRoute | None = None
+    ) -> None:
+        """Queue ``job`` again under its own id and acceptance time (a dead-lettered job an
+        operator retries), its record saying queued, in its user's index of pending jobs;
+        with ``callback``, called back again once final. Raises ``JobsShed`` while Redis
+        is over maxmemory (the queue's length limit does not apply to an operator). Its
+        message says it is a retry: its delivery may replace the job's 500 outcome."""
+        queue, head, tail = self._messages(replace(job, retry=True))
+        accepted = str(job.accepted_at_us).encode()
+        try:
+            self._requeue(
+                keys=[self.record_key(job.job_id), queue, self.pending_index_key(job.user_id)],
+                args=[
+                    job.user_id,
+                    job.operation,
+                    job.accepted_at_us,
+                    max(60, record_ttl_seconds),
+                    head + accepted + tail,
+                    job.job_id,
+                    callback.owner if callback else "",
+                    callback.lane if callback else "",
+                ],
+            )
+        except redis.exceptions.OutOfMemoryError:
+            raise JobsShed("out of memory") from None
 
     def start(self, job_id: str) -> int:
         """Mark the job as processing; return the attempt number (0 if it has no record)."""

@@ -1,7 +1,10 @@
+#!lua flags=allow-oom
 -- The job's final status row committed: drop its record and its entry in its user's
 -- index of pending jobs, tell a waiting client, and queue the job's completion callback
 -- if it has one (in its receiver's lane: contacts_ingest/jobs/callbacks.py). Done once:
 -- a redelivery finds no record, so a callback is queued once per job.
+-- Allowed while Redis is over maxmemory: it frees the record, larger than the callback
+-- entry it may add, so workers can finish jobs in a Redis that refuses admissions.
 -- KEYS[1] the job's record (hash)   KEYS[2] the job's completion channel
 -- ARGV[1] the key prefix (the user's index and the callback's keys are named from the
 -- record's fields: <prefix>pending:<user>, <prefix>callback:<job>,

@@ -44,9 +44,11 @@ class InvalidJobMessage(ValueError):
     """A message that does not even name a job and its user: it cannot be recorded."""
 
 
-# What a job fails with when the worker cannot read its message, or cannot apply it.
+# What a job fails with when the worker cannot read its message, or when every try at
+# it failed unexpectedly (JOB_MAX_ATTEMPTS, each on its own): a bug, or a job that kills
+# the process applying it. Clients see only this; operators have the dead-letter list.
 UNREADABLE_MESSAGE = "The job's message could not be read"
-APPLY_FAILED_MESSAGE = "The job could not be applied"
+PROCESSING_FAILED_MESSAGE = "The job could not be processed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,9 @@ class ContactJob:
     batch: bool = False
     # Set by the worker, never by a message: the job fails with this and is not applied.
     refusal: Refusal | None = None
+    # An operator's retry of a dead-lettered job (``contacts-ingest jobs retry``): its
+    # delivery may replace the job's 500 outcome.
+    retry: bool = False
 
     def to_message(self) -> dict[str, Any]:
         message = {
@@ -85,6 +90,8 @@ class ContactJob:
         }
         if self.batch:
             message["batch"] = True
+        if self.retry:
+            message["retry"] = True
         return message
 
     @classmethod
@@ -115,4 +122,5 @@ class ContactJob:
             accepted_at_us=accepted,
             request_id=request_id if isinstance(request_id, str) else None,
             batch=message.get("batch") is True,
+            retry=message.get("retry") is True,
         )

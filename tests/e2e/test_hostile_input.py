@@ -339,7 +339,7 @@ def test_a_failing_statement_puts_no_contact_data_in_any_log(
     # Of the two with one name, one is written (which one is up to the worker's timing).
     outcomes = [finals[what]["error"] or finals[what]["result"] for what in bodies]
     assert sorted(outcome["code"] for outcome in outcomes) == [201, 500, 500]
-    assert finals["refused"]["error"] == {"code": 500, "message": "The job could not be applied"}
+    assert finals["refused"]["error"] == {"code": 500, "message": "The job could not be processed"}
 
     time.sleep(0.5)  # the worker's last lines reach its log
     logs = {path.name: path.read_text(errors="replace") for path in log_dir.glob("*.log")}

@@ -774,12 +774,12 @@ def test_a_job_failing_unexpectedly_is_recorded_failed_with_500_and_no_errors_li
 ) -> None:
     message = admitted(board, user, {"email": "bug@example.com"})
     job = replace(
-        ContactJob.from_message(message), refusal=Refusal(500, "The job could not be applied")
+        ContactJob.from_message(message), refusal=Refusal(500, "The job could not be processed")
     )
     [outcome] = ingestor.process_many([job])
     assert outcome is not None
     assert (outcome.status, outcome.code) == ("failed", 500)
-    assert outcome.error == {"code": 500, "message": "The job could not be applied"}
+    assert outcome.error == {"code": 500, "message": "The job could not be processed"}
     assert stored(engine, user) == []
 
 

@@ -23,6 +23,7 @@ from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.jobs.job import ContactJob
 from contacts_ingest.jobs.messages import CeleryMessages
 from contacts_ingest.jobs.status import us_from_datetime
+from tests.unit.fake_redis import FakeRedis
 
 KEYS = {"cik_alice": "alice", "cik_bob": "bob"}
 WEBHOOK_ENDPOINT = "whk_alice"
@@ -222,6 +223,7 @@ def make_harness(
     waits_per_user: int = 10,
     keys: Any = None,
     webhooks: Any = None,
+    max_queued: int = 0,
     respond_default: str = "async",
 ) -> Harness:
     """An in-process gateway; with ``outcome`` (code, contact or message) every job is
@@ -236,9 +238,11 @@ def make_harness(
         respond_default=respond_default,
     )
     server = fakeredis.FakeServer()
-    client = fakeredis.FakeRedis(server=server)
+    client = FakeRedis(server=server)
     messages = CeleryMessages(settings)
-    board = JobBoard(client, messages, key_prefix="t:", record_ttl_seconds=3600)
+    board = JobBoard(
+        client, messages, key_prefix="t:", record_ttl_seconds=3600, max_queued_jobs=max_queued
+    )
     final_rows: dict[str, dict[str, Any]] = {}
 
     def down() -> None:

@@ -22,6 +22,7 @@ from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.jobs.callbacks import CallbackQueue, CallbackRoute
 from contacts_ingest.jobs.job import ContactJob
+from tests.unit.fake_redis import FakeRedis
 
 
 @pytest.mark.parametrize(
@@ -152,7 +153,7 @@ def _world(
     poster: Poster, **settings: Any
 ) -> tuple[fakeredis.FakeRedis, JobBoard, CallbackQueue, CallbackSender]:
     config = Settings(redis_key_prefix="t:", callback_allowed_hosts=ORIGIN, **settings)
-    client = fakeredis.FakeRedis()
+    client = FakeRedis()
     board = JobBoard.for_settings(client, config)
     queue = CallbackQueue(client, key_prefix="t:")
     target = CallbackTarget(

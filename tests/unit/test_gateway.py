@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import fakeredis
 import pytest
 
+from tests.unit.fake_redis import FakeRedis
 from tests.unit.harness import ALICE, BOB, JSON, Harness, make_harness
 
 
@@ -221,7 +221,7 @@ def test_redis_down_is_503_never_202(gw: Harness) -> None:
     assert result.status_code == 503
     assert result.json == {"error": "Service temporarily unavailable, try again"}
     gw.redis_server.connected = True
-    assert fakeredis.FakeRedis(server=gw.redis_server).keys("t:job:*") == []
+    assert FakeRedis(server=gw.redis_server).keys("t:job:*") == []
     assert gw.published == []
 
 

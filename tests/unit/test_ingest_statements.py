@@ -89,7 +89,8 @@ def test_a_core_statement_compiles_to_its_text(statement: ClauseElement, text: s
     ],
 )
 def test_every_statement_takes_its_rows_as_one_parameter(statement: ClauseElement) -> None:
-    # No list expanded into placeholders, so the text never depends on how many rows.
-    parameters = statement.compile(dialect=DIALECT).params
+    # No list expanded into placeholders, so the text never depends on how many rows
+    # (the done-jobs look-up also takes the bounds of the acceptance days it searches).
+    parameters = set(statement.compile(dialect=DIALECT).params) - {"since", "until"}
     assert len(parameters) == 1
     assert "POSTCOMPILE" not in compiled(statement)

@@ -233,7 +233,7 @@ SCENARIOS: dict[tuple[str, str, str], Callable[[], Result]] = {
         lambda gw: [_post(gw, {"email": "a@example.com"}) for _ in range(2)][-1]
     )(make_harness(limit=1)),
     ("post", "/io/contacts/contacts", "500"): lambda: _post(
-        make_harness(outcome=(500, "The job could not be applied")),
+        make_harness(outcome=(500, "The job could not be processed")),
         {"email": "bob@example.com"},
         headers={**ALICE, **JSON, **WAIT},
     ),

@@ -9,7 +9,6 @@ from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
-import fakeredis
 import pytest
 from sqlalchemy.exc import OperationalError
 
@@ -19,7 +18,8 @@ from contacts_ingest.ingestion.service import Outcome
 from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.jobs.job import ContactJob, Refusal
 from contacts_ingest.jobs.messages import CeleryMessages
-from worker.batching import BatchTask, Unreadable
+from tests.unit.fake_redis import FakeRedis
+from worker.batching import BatchOutcome, BatchTask, Exhausted, Unreadable
 
 
 class FakeQoS:
@@ -74,9 +74,11 @@ class FakePool:
     ) -> None:
         self.running.append((args[1], callback, error_callback))
 
-    def finish(self, hand_back: list[int] | None = None) -> list[Any]:
+    def finish(
+        self, hand_back: list[int] | None = None, failed: dict[int, str] | None = None
+    ) -> list[Any]:
         jobs, callback, _ = self.running.pop(0)
-        callback(hand_back or [])
+        callback(BatchOutcome(tuple(hand_back or ()), tuple((failed or {}).items())))
         return jobs
 
     def lose(self) -> list[Any]:
@@ -181,16 +183,82 @@ def test_jobs_a_batch_hands_back_are_requeued_and_the_rest_acknowledged(
     assert settled.qos.rounds == 3  # one round trip per batch, not per message
 
 
-def test_a_batch_whose_process_died_goes_back_on_the_queue_whole(
+def test_a_batch_whose_process_died_is_split_and_each_of_its_jobs_tried_alone(
     pool: FakePool, handler: Callable[..., None]
 ) -> None:
     settled = Settled()
-    for job in "abc":
+    for job in "abcde":
         settled.deliver(handler, job)
-    pool.lose()
-    assert settled.requeued == [("a", True)]
-    assert settled.acked == []
+    pool.finish()
+    assert pool.lose() == ["b"]
+    assert pool.lose() == ["c", "d", "e"]  # which one killed it is not known
     assert [jobs for jobs, *_ in pool.running] == [["b"], ["c"]]
+    pool.finish()
+    pool.finish()
+    assert [jobs for jobs, *_ in pool.running] == [["d"], ["e"]]
+    pool.finish()
+    pool.finish()
+    assert settled.acked == ["a", "b", "c", "d", "e"]
+    assert settled.requeued == []
+
+
+def running(pool: FakePool) -> list[list[Any]]:
+    return [jobs for jobs, *_ in pool.running]
+
+
+def test_a_job_that_keeps_killing_its_process_is_found_and_exhausted_alone(
+    pool: FakePool, handler: Callable[..., None]
+) -> None:
+    settled = Settled()
+    for job in ["a", "x", "killer", "b", "c"]:
+        settled.deliver(handler, job)
+    pool.finish()
+    pool.finish()
+    assert pool.lose() == ["killer", "b", "c"]  # 1
+    assert running(pool) == [["killer"], ["b"]]
+    pool.lose()  # 2
+    pool.finish()  # "b"
+    assert running(pool) == [["killer"], ["c"]]
+    pool.lose()  # 3
+    pool.finish()  # "c"
+    for _ in range(2):  # 4, 5
+        assert running(pool) == [["killer"]]
+        pool.lose()
+    assert running(pool) == [[Exhausted("killer", 5, "RuntimeError")]]
+    pool.finish()  # recorded as failed by the task
+    assert settled.acked == ["a", "x", "b", "c", "killer"]  # each once
+    assert settled.requeued == []
+
+
+def test_a_job_that_fails_on_its_own_is_tried_alone_until_exhausted(
+    pool: FakePool, handler: Callable[..., None]
+) -> None:
+    settled = Settled()
+    for job in ["a", "bug", "b", "c", "d"]:
+        settled.deliver(handler, job)
+    pool.finish()
+    assert pool.finish(failed={0: "ValueError"}) == ["bug"]  # 1
+    assert running(pool) == [["b", "c", "d"], ["bug"]]  # never again in a batch
+    pool.finish()
+    for _ in range(4):  # 2 to 5
+        assert running(pool) == [["bug"]]
+        pool.finish(failed={0: "ValueError"})
+    assert running(pool) == [[Exhausted("bug", 5, "ValueError")]]
+    pool.finish()
+    assert settled.acked == ["a", "b", "c", "d", "bug"]
+
+
+def test_only_the_failed_job_of_a_batch_is_tried_again_the_rest_are_acknowledged(
+    pool: FakePool, handler: Callable[..., None]
+) -> None:
+    settled = Settled()
+    for job in "abcde":
+        settled.deliver(handler, job)
+    pool.finish()
+    pool.finish()
+    assert pool.finish(failed={1: "ValueError"}) == ["c", "d", "e"]
+    assert settled.acked == ["a", "b", "c", "e"]
+    assert running(pool) == [["d"]]
 
 
 class FakeIngestor:
@@ -224,7 +292,7 @@ def test_a_transient_error_is_retried_and_the_batch_then_succeeds(
 ) -> None:
     fake = FakeIngestor(transient())
     use(monkeypatch, fake)
-    assert tasks.apply_jobs(["a", "b"]) == []
+    assert tasks.apply_jobs(["a", "b"]) == BatchOutcome()
     assert fake.calls == [["a", "b"], ["a", "b"]]
 
 
@@ -234,7 +302,7 @@ def test_a_batch_that_keeps_failing_transiently_is_handed_back_whole(
 ) -> None:
     fake = FakeIngestor(*[transient() for _ in range(tasks.ATTEMPTS_BEFORE_HANDING_BACK)])
     use(monkeypatch, fake)
-    assert tasks.apply_jobs(["a", "b"]) == [0, 1]
+    assert tasks.apply_jobs(["a", "b"]) == BatchOutcome(hand_back=(0, 1))
     assert len(fake.calls) == tasks.ATTEMPTS_BEFORE_HANDING_BACK
 
 
@@ -251,7 +319,8 @@ def test_an_unexpected_error_isolates_the_job_that_causes_it(
 
     fake = Picky()
     use(monkeypatch, fake)
-    assert tasks.apply_jobs(["a", "bad", "c"]) == []  # the bad one is logged, not retried
+    # The bad one is logged and reported, to be tried again alone; the others are done.
+    assert tasks.apply_jobs(["a", "bad", "c"]) == BatchOutcome(failed=((1, "ValueError"),))
     assert fake.calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
 
 
@@ -341,7 +410,7 @@ def test_a_job_the_pool_cannot_take_goes_alone_as_unreadable_and_its_neighbours_
 @pytest.fixture
 def fake_board(monkeypatch: pytest.MonkeyPatch) -> JobBoard:
     board = JobBoard(
-        fakeredis.FakeRedis(),
+        FakeRedis(),
         CeleryMessages(Settings(redis_key_prefix="t:")),
         key_prefix="t:",
         record_ttl_seconds=60,
@@ -369,7 +438,7 @@ def test_an_unreadable_message_of_a_pending_job_fails_it_with_400(
         Unreadable("job_garbled", "unreadable"),
         {"job_id": "job_garbled", "user_id": 7},  # names its job, but not readably
     ]
-    assert tasks.apply_jobs(jobs) == []
+    assert tasks.apply_jobs(jobs) == BatchOutcome()
     deep, plain, garbled, named = fake.calls[0]
     assert deep == ContactJob(
         "job_deep", "u1", "upsert", None, accepted,
@@ -384,30 +453,60 @@ def test_an_unreadable_message_that_names_no_pending_job_is_dropped(
 ) -> None:
     fake = FakeIngestor()
     use(monkeypatch, fake)
-    assert tasks.apply_jobs([Unreadable(None, "unreadable"), Unreadable("job_x", "too deep")]) == []
+    both = [Unreadable(None, "unreadable"), Unreadable("job_x", "too deep")]
+    assert tasks.apply_jobs(both) == BatchOutcome()
     assert fake.calls == []  # acknowledged: nothing to record
     assert caplog.text.count("dropping a message that names no pending job") == 2
 
 
+@pytest.fixture
+def dead_letters(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object, int, str]]:
+    written: list[tuple[str, object, int, str]] = []
+
+    def record(
+        _: Any, job: ContactJob, message: object, *, attempts: int, error: str, callback: Any
+    ) -> None:
+        written.append((job.job_id, message, attempts, error))
+
+    monkeypatch.setattr(tasks, "record_dead_letter", record)
+    monkeypatch.setattr(tasks, "engine", lambda: None)
+    return written
+
+
 @pytest.mark.usefixtures("no_sleep", "fake_board")
-def test_a_job_that_fails_unexpectedly_alone_is_recorded_as_failed_with_500(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_job_that_fails_unexpectedly_alone_is_reported_failed_not_recorded(
+    monkeypatch: pytest.MonkeyPatch, dead_letters: list[Any]
 ) -> None:
     job = ContactJob("job_bug", "u1", "create", {"email": "a@example.com"}, 1).to_message()
     fake = FakeIngestor(ValueError("a bug"))
     use(monkeypatch, fake)
-    assert tasks.apply_jobs([job]) == []
-    first, second = fake.calls
-    assert first == [job]
-    assert second == [
-        replace(ContactJob.from_message(job), refusal=Refusal(500, "The job could not be applied"))
+    assert tasks.apply_jobs([job]) == BatchOutcome(failed=((0, "ValueError"),))
+    assert fake.calls == [[job]]  # nothing recorded: it is tried again
+    assert dead_letters == []
+
+
+@pytest.mark.usefixtures("no_sleep", "fake_board")
+def test_an_exhausted_job_is_dead_lettered_then_recorded_as_failed_with_500(
+    monkeypatch: pytest.MonkeyPatch, dead_letters: list[Any]
+) -> None:
+    job = ContactJob("job_bug", "u1", "create", {"email": "a@example.com"}, 1).to_message()
+    fake = FakeIngestor()
+    use(monkeypatch, fake)
+    assert tasks.apply_jobs([Exhausted(job, 5, "ValueError")]) == BatchOutcome()
+    assert dead_letters == [("job_bug", job, 5, "ValueError")]
+    assert fake.calls == [
+        [
+            replace(
+                ContactJob.from_message(job), refusal=Refusal(500, "The job could not be processed")
+            )
+        ]
     ]
 
 
 @pytest.mark.usefixtures("no_sleep", "fake_board")
 def test_a_job_whose_failure_cannot_be_recorded_now_is_handed_back(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, dead_letters: list[Any]
 ) -> None:
     job = ContactJob("job_bug", "u1", "create", {"email": "a@example.com"}, 1).to_message()
-    use(monkeypatch, FakeIngestor(ValueError("a bug"), transient()))
-    assert tasks.apply_jobs([job]) == [0]
+    use(monkeypatch, FakeIngestor(transient()))
+    assert tasks.apply_jobs([Exhausted(job, 5, "ValueError")]) == BatchOutcome(hand_back=(0,))

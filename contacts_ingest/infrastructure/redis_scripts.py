@@ -1,0 +1,50 @@
+"""Our Lua scripts for Redis, each headed by Redis 7's flags line (``#!lua flags=...``).
+
+The flags say whether Redis runs a script while it is over its maxmemory (the
+README's Bounded admission). Redis before 7.0 cannot read that line (it is a Lua
+syntax error there): for such a server, such as the embedded Redis 6.2 that
+``contacts-ingest dev`` runs (without a memory limit), the line is left out, and the
+server decides at a script's first write command, as it always did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import redis
+
+# The first Redis version that reads a script's flags line.
+FLAGS_SINCE = 7
+_reads_flags: WeakKeyDictionary[redis.Redis, bool] = WeakKeyDictionary()
+
+
+def reads_flags(client: redis.Redis) -> bool:
+    """Whether the server behind ``client`` reads a script's flags line (asked once)."""
+    known = _reads_flags.get(client)
+    if known is None:
+        version = str(client.info("server")["redis_version"])
+        known = _reads_flags[client] = int(version.split(".")[0]) >= FLAGS_SINCE
+    return known
+
+
+class RedisScript:
+    """A script registered on ``client`` the first time it runs, with its flags line if
+    the server reads it. Called like redis-py's ``Script`` (``client`` may be a
+    pipeline of the same server)."""
+
+    def __init__(self, client: redis.Redis, text: str) -> None:
+        self._client = client
+        self._text = text
+        self._script: Any = None
+
+    def __call__(
+        self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None
+    ) -> Any:
+        if self._script is None:
+            text = self._text
+            if text.startswith("#!") and not reads_flags(self._client):
+                text = text.split("\n", 1)[1]
+            self._script = self._client.register_script(text)
+        return self._script(keys=keys, args=args, client=client)
