@@ -1,7 +1,9 @@
 """The OpenAPI 3.1 description of the gateway, served at GET /openapi.json.
 
-The request schema comes from the validation model itself, so the two cannot drift;
-a test drives every documented route and code and checks each answer against it.
+The request schema comes from the validation model itself and the response schemas
+from the documents the service builds (``contacts_ingest.model.documents``), so none
+can drift; a test drives every documented route and code and checks each answer
+against it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import copy
 from typing import Any
 
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.model.contact import STATUSES, ContactRequest
+from contacts_ingest.model.contact import ContactRequest
+from contacts_ingest.model.documents import response_schemas
 
 _REF = "#/components/schemas/{model}"
 
@@ -37,8 +40,6 @@ def _synchronous(description: str) -> dict[str, Any]:
     }
 
 
-_NULLABLE_STRING = {"type": ["string", "null"]}
-_TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2026-06-11T12:00:00Z"]}
 _RATE_HEADERS = {
     "RateLimit-Policy": {
         "description": 'The quota: `"writes";q=<writes>;w=<window seconds>`.',
@@ -87,51 +88,10 @@ def _schemas() -> dict[str, Any]:
     for name, meaning in _MERGED_OBJECTS.items():
         field = request["properties"][name]
         field["description"] = " ".join(filter(None, (field.get("description"), meaning)))
-    contact_properties = {
-        "id": {"type": "string", "pattern": "^cnt_"},
-        "email": {"type": "string"},
-        "first_name": _NULLABLE_STRING,
-        "last_name": _NULLABLE_STRING,
-        "phone": _NULLABLE_STRING,
-        "company": _NULLABLE_STRING,
-        "job_title": _NULLABLE_STRING,
-        "social_profiles": {"type": "object", "additionalProperties": {"type": "string"}},
-        "status": {"enum": list(STATUSES)},
-        "lead_score": {"type": "integer"},
-        "created_at": _TIMESTAMP,
-        "custom_fields": {"type": "object"},
-        "source": _NULLABLE_STRING,
-        "workspace_id": {"type": ["string", "null"], "format": "uuid"},
-        "updated_at": _TIMESTAMP,
-    }
-    contact = {
-        "type": "object",
-        "required": list(contact_properties),
-        "properties": contact_properties,
-    }
-    field_error = {
-        "type": "object",
-        "required": ["field", "message"],
-        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
-    }
     return {
         **nested,
+        **response_schemas(_REF),
         "ContactRequest": request,
-        "Contact": contact,
-        "FieldError": field_error,
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {"type": "string"},
-                "errors": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
-                "type": {
-                    "type": "string",
-                    "description": "A problem type, on Idempotency-Key conflicts only.",
-                    "enum": ["/problems/idempotency-key-reused"],
-                },
-            },
-        },
         "BatchRequest": {
             "type": "object",
             "required": ["contacts"],
@@ -144,164 +104,6 @@ def _schemas() -> dict[str, Any]:
                     " it; each is validated on its own and reported in the job's items.",
                     "items": {},
                 }
-            },
-        },
-        "BatchCounts": {
-            "type": "object",
-            "required": ["created", "updated", "failed"],
-            "properties": {
-                name: {"type": "integer", "minimum": 0} for name in ("created", "updated", "failed")
-            },
-        },
-        "BatchItem": {
-            "type": "object",
-            "required": ["index", "code"],
-            "properties": {
-                "index": {"type": "integer", "minimum": 0},
-                "code": {"enum": [200, 201, 400, 409]},
-                "id": {"type": "string"},
-                "email": {"type": "string"},
-                "error": {"type": "string"},
-                "errors": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
-            },
-        },
-        "BatchAnswer": {
-            "type": "object",
-            "required": ["data"],
-            "properties": {
-                "data": {
-                    "type": "object",
-                    "required": ["counts", "items"],
-                    "properties": {
-                        "counts": {"$ref": "#/components/schemas/BatchCounts"},
-                        "items": {
-                            "type": "array",
-                            "items": {"$ref": "#/components/schemas/BatchItem"},
-                        },
-                    },
-                }
-            },
-        },
-        "ContactAnswer": {
-            "type": "object",
-            "required": ["data"],
-            "properties": {"data": {"$ref": "#/components/schemas/Contact"}},
-        },
-        "JobAccepted": {
-            "type": "object",
-            "required": ["data"],
-            "properties": {
-                "data": {
-                    "type": "object",
-                    "required": ["job_id", "status", "operation"],
-                    "properties": {
-                        "job_id": {"type": "string", "pattern": "^job_"},
-                        "status": {"const": "queued"},
-                        "operation": {"enum": ["create", "upsert"]},
-                    },
-                }
-            },
-        },
-        "Job": {
-            "type": "object",
-            "required": [
-                "job_id",
-                "status",
-                "operation",
-                "created_at",
-                "finished_at",
-                "result",
-                "error",
-            ],
-            "properties": {
-                "job_id": {"type": "string"},
-                "status": {"enum": ["queued", "processing", "succeeded", "failed"]},
-                "operation": {"enum": ["create", "upsert"]},
-                "created_at": _TIMESTAMP,
-                "finished_at": {"anyOf": [_TIMESTAMP, {"type": "null"}]},
-                "result": {
-                    "anyOf": [
-                        {
-                            "type": "object",
-                            "required": ["code", "data"],
-                            "properties": {
-                                "code": {"enum": [200, 201]},
-                                "data": {"$ref": "#/components/schemas/Contact"},
-                            },
-                        },
-                        {
-                            "type": "object",
-                            "description": "A batch job's outcome.",
-                            "required": ["code", "counts", "items"],
-                            "properties": {
-                                "code": {"const": 200},
-                                "counts": {"$ref": "#/components/schemas/BatchCounts"},
-                                "items": {
-                                    "type": "array",
-                                    "items": {"$ref": "#/components/schemas/BatchItem"},
-                                },
-                            },
-                        },
-                        {"type": "null"},
-                    ]
-                },
-                "error": {
-                    "anyOf": [
-                        {
-                            "type": "object",
-                            "required": ["code", "message"],
-                            "properties": {
-                                "code": {"enum": [400, 409, 500]},
-                                "message": {"type": "string"},
-                                "errors": {
-                                    "type": "array",
-                                    "items": {"$ref": "#/components/schemas/FieldError"},
-                                },
-                            },
-                        },
-                        {"type": "null"},
-                    ]
-                },
-            },
-        },
-        "JobStatus": {
-            "type": "object",
-            "required": ["data"],
-            "properties": {"data": {"$ref": "#/components/schemas/Job"}},
-        },
-        "JobList": {
-            "type": "object",
-            "required": ["data", "next_cursor"],
-            "properties": {
-                "data": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
-                "next_cursor": {
-                    "type": ["string", "null"],
-                    "description": (
-                        "Pass it as `cursor` for the next page; null when there is no"
-                        " more. A page may hold fewer than `limit` jobs and still have a"
-                        " next one."
-                    ),
-                },
-            },
-        },
-        "Health": {
-            "type": "object",
-            "required": ["status"],
-            "properties": {"status": {"const": "ok"}},
-        },
-        "Readiness": {
-            "type": "object",
-            "required": ["status", "checks", "admission"],
-            "properties": {
-                "status": {"enum": ["ready", "shedding", "unavailable"]},
-                "checks": {
-                    "type": "object",
-                    "additionalProperties": {"enum": ["ok", "unavailable"]},
-                },
-                "admission": {
-                    "description": "Whether new jobs are admitted, or shed (503) and why.",
-                    "enum": ["ok", "queue full", "out of memory", "unavailable"],
-                },
             },
         },
     }

@@ -39,7 +39,8 @@ from contacts_ingest.jobs.status import (
     list_jobs,
     us_from_datetime,
 )
-from contacts_ingest.model.contact import ContactInvalid, FieldError, parse_batch, parse_contact
+from contacts_ingest.model.contact import ContactInvalid, parse_batch, parse_contact
+from contacts_ingest.model.documents import FieldError
 from contacts_ingest.model.json_input import (
     DEPTH_MESSAGE,
     MAX_DEPTH,
@@ -117,7 +118,7 @@ class InvalidRequest(falcon.HTTPBadRequest):
 
     def __init__(self, message: str, errors: list[FieldError] | None = None) -> None:
         super().__init__(description=message)
-        self.errors = errors or [FieldError("body", message)]
+        self.errors = errors or [FieldError(field="body", message=message)]
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -185,7 +186,7 @@ def _idempotency(
     match = _IDEMPOTENCY_KEY.match(key.value.strip())
     if match is None:
         message = f"{key.header} must be 1 to 255 printable ASCII characters"
-        raise InvalidRequest(message, [FieldError(key.header, message)])
+        raise InvalidRequest(message, [FieldError(field=key.header, message=message)])
     return Idempotency(
         key_hash=hashlib.sha256(f"{key.namespace}:{match.group(1)}".encode()).hexdigest(),
         fingerprint=hashlib.sha256(operation.encode() + b"\n" + _canonical(raw)).hexdigest(),
@@ -368,7 +369,7 @@ def _requested_operation(req: falcon.Request) -> Operation:
     operation = _UPSERT_FLAGS.get(flag.strip().lower())
     if operation is None:
         message = "upsert must be 1 or 0"
-        raise InvalidRequest(message, [FieldError("upsert", message)])
+        raise InvalidRequest(message, [FieldError(field="upsert", message=message)])
     return operation
 
 
@@ -418,7 +419,9 @@ def _no_upsert_in_url(
 ) -> None:
     """The signature does not cover the URL, so no part of it may choose the operation."""
     if "upsert" in req.params:
-        raise InvalidRequest(UPSERT_IN_WEBHOOK_URL, [FieldError("upsert", UPSERT_IN_WEBHOOK_URL)])
+        raise InvalidRequest(
+            UPSERT_IN_WEBHOOK_URL, [FieldError(field="upsert", message=UPSERT_IN_WEBHOOK_URL)]
+        )
 
 
 class WebhookResource:
@@ -572,7 +575,9 @@ def _listing_query(req: falcon.Request) -> dict[str, Any]:
             bad.append("cursor")
     if bad:
         errors = [
-            FieldError(name, _LISTING_PROBLEMS[name]) for name in _LISTING_PROBLEMS if name in bad
+            FieldError(field=name, message=_LISTING_PROBLEMS[name])
+            for name in _LISTING_PROBLEMS
+            if name in bad
         ]
         raise InvalidRequest(errors[0]["message"], errors)
     return query

@@ -24,6 +24,7 @@ from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import JobBoard, JobsShed
 from contacts_ingest.jobs.job import ContactJob, new_job_id
 from contacts_ingest.jobs.status import job_status, read_final_job
+from contacts_ingest.model.documents import Job
 
 
 class ContactProducer:
@@ -87,7 +88,7 @@ class ContactProducer:
             raise JobsShed(admission.shed)
         return job.job_id
 
-    def status(self, job_id: str, user_id: str) -> dict[str, Any] | None:
+    def status(self, job_id: str, user_id: str) -> Job | None:
         """The job's status document, exactly as GET /io/contacts/jobs/<id> returns it."""
         return job_status(
             self._board, lambda jid: read_final_job(self._engine, jid), job_id, user_id

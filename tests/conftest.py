@@ -141,7 +141,9 @@ def skip_without_redis_feature(request: pytest.FixtureRequest) -> None:
         )
 
 
-# A contact as the API returns it: the reference's fields in its order, then ours.
+# A contact as the API returns it: the reference's fields in its order (its response
+# example, /io/contacts/contacts), then ours. Written by hand: the oracle the service's
+# documents and the OpenAPI document are checked against.
 CONTACT_FIELDS = [
     *("id", "email", "first_name", "last_name", "phone", "company", "job_title"),
     *("social_profiles", "status", "lead_score", "created_at"),

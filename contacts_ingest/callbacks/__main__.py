@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import Any
 
 import redis
 
@@ -20,6 +19,7 @@ from contacts_ingest.infrastructure.logs import configure_logging
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.callbacks import CallbackQueue
 from contacts_ingest.jobs.status import final_job_document, read_final_job
+from contacts_ingest.model.documents import Job
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     )
     targets = CallbackTargets(engine, ttl=settings.key_cache_ttl_seconds)
 
-    def document(job_id: str) -> dict[str, Any] | None:
+    def document(job_id: str) -> Job | None:
         row = read_final_job(engine, job_id)
         return final_job_document(row) if row is not None else None
 

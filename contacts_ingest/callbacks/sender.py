@@ -17,10 +17,10 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from standardwebhooks import Webhook
 
@@ -61,7 +61,7 @@ class CallbackSender:
         self,
         queue: CallbackQueue,
         targets: Callable[[str], CallbackTarget | None],
-        documents: Callable[[str], dict[str, Any] | None],
+        documents: Callable[[str], Mapping[str, object] | None],
         settings: Settings,
         poster: Poster = post,
     ) -> None:

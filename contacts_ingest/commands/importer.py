@@ -16,10 +16,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from contacts_ingest.jobs.board import JobsShed
 from contacts_ingest.model.contact import BATCH_MAX_CONTACTS
+from contacts_ingest.model.documents import BatchResult, Job
 from contacts_ingest.producer import ContactProducer
 
 Format = Literal["csv", "jsonl"]
@@ -188,17 +189,20 @@ def import_file(
     return summary
 
 
-def _count(summary: Summary, sent: _Sent, status: dict[str, Any]) -> None:
+def _count(summary: Summary, sent: _Sent, status: Job) -> None:
+    error, result = status["error"], status["result"]
     if status["status"] == "failed":  # the batch itself was refused
+        assert error is not None
         summary.failed += len(sent.lines)
-        summary.note_error(sent.lines[0], status["error"]["message"])
+        summary.note_error(sent.lines[0], error["message"])
         return
-    counts = status["result"]["counts"]
+    batch = cast(BatchResult, result)  # a batch job's outcome
+    counts = batch["counts"]
     summary.created += counts["created"]
     summary.updated += counts["updated"]
     summary.failed += counts["failed"]
     noted = 0
-    for item in status["result"]["items"]:
+    for item in batch["items"]:
         if noted >= FIRST_ERRORS:
             break
         if item["code"] >= 400:

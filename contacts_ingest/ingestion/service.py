@@ -59,9 +59,19 @@ from contacts_ingest.jobs.messages import json_bytes
 from contacts_ingest.model.contact import (
     ContactInvalid,
     ContactRequest,
-    FieldError,
     parse_batch,
     parse_contact,
+)
+from contacts_ingest.model.documents import (
+    BatchCounts,
+    BatchItem,
+    BatchResult,
+    Contact,
+    ContactResult,
+    FieldError,
+    ItemCode,
+    JobError,
+    JobErrorCode,
 )
 from contacts_ingest.model.merge import CONTACT_COLUMNS, Changes, changes_of, new_contact, upsert
 
@@ -73,25 +83,25 @@ DUPLICATE_MESSAGE = "A contact with this email already exists"
 _timestamp = lru_cache(maxsize=1024)(iso_timestamp)
 
 
-def contact_document(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored contact in the API's response shape (the reference's fields, then ours)."""
-    return {
-        "id": row["id"],
-        "email": row["email"],
-        "first_name": row["first_name"],
-        "last_name": row["last_name"],
-        "phone": row["phone"],
-        "company": row["company"],
-        "job_title": row["job_title"],
-        "social_profiles": row["social_profiles"],
-        "status": row["status"],
-        "lead_score": row["lead_score"],
-        "created_at": _timestamp(row["created_at"]),
-        "custom_fields": row["custom_fields"],
-        "source": row["source"],
-        "workspace_id": row["workspace_id"],
-        "updated_at": _timestamp(row["updated_at"]),
-    }
+def contact_document(row: Mapping[str, Any]) -> Contact:
+    """A stored contact in the API's response shape."""
+    return Contact(
+        id=row["id"],
+        email=row["email"],
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        phone=row["phone"],
+        company=row["company"],
+        job_title=row["job_title"],
+        social_profiles=row["social_profiles"],
+        status=row["status"],
+        lead_score=row["lead_score"],
+        created_at=_timestamp(row["created_at"]),
+        custom_fields=row["custom_fields"],
+        source=row["source"],
+        workspace_id=row["workspace_id"],
+        updated_at=_timestamp(row["updated_at"]),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,22 +115,22 @@ class Outcome:
     job_id: str
     status: str
     code: int
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    result: Mapping[str, Any] | None = None  # a ContactResult or a BatchResult
+    error: JobError | None = None
     replayed: bool = False
     contact_id: str | None = None
 
     @classmethod
     def succeeded(
-        cls, job_id: str, code: int, result: dict[str, Any], contact_id: str | None = None
+        cls, job_id: str, result: ContactResult | BatchResult, contact_id: str | None = None
     ) -> Outcome:
-        return cls(job_id, "succeeded", code, {"code": code, **result}, contact_id=contact_id)
+        return cls(job_id, "succeeded", result["code"], result, contact_id=contact_id)
 
     @classmethod
     def failed(
-        cls, job_id: str, code: int, message: str, errors: list[FieldError] | None = None
+        cls, job_id: str, code: JobErrorCode, message: str, errors: list[FieldError] | None = None
     ) -> Outcome:
-        error: dict[str, Any] = {"code": code, "message": message}
+        error = JobError(code=code, message=message)
         if errors:
             error["errors"] = errors
         return cls(job_id, "failed", code, error=error)
@@ -308,7 +318,7 @@ class _Contact:
 class _ItemResult:
     """What one item did: its code, and the contact as it left it, or why it failed."""
 
-    code: int
+    code: ItemCode
     contact: _Contact | None = None
     # The contact's columns right after this item (a batch's items report id and email).
     columns: dict[str, Any] | None = None
@@ -317,7 +327,7 @@ class _ItemResult:
     message: str | None = None
     errors: list[FieldError] | None = None
 
-    def document(self) -> dict[str, Any]:
+    def document(self) -> Contact:
         """The contact as this item left it, in the API's shape."""
         assert self.contact is not None
         assert self.columns is not None
@@ -349,6 +359,7 @@ class _InMemory:
             return _ItemResult(400, message=request.message, errors=request.errors)
         key = item.key
         contact = self.contacts.get(key)
+        code: ItemCode
         if contact is None:
             contact = self.contacts[key] = self._made_by(item, key)
             code = 201
@@ -360,7 +371,9 @@ class _InMemory:
             merge = upsert(contact.columns, item.changes, item.accepted_at_us)
             if merge.problem:
                 return _ItemResult(
-                    400, message=merge.problem, errors=[FieldError("customFields", merge.problem)]
+                    400,
+                    message=merge.problem,
+                    errors=[FieldError(field="customFields", message=merge.problem)],
                 )
             if merge.values:
                 contact.columns.update(merge.values)
@@ -632,42 +645,44 @@ class ContactIngestor:
 
 def _refused(refusal: Refusal) -> ContactInvalid:
     """What a refused job has to apply: nothing (it is never applied)."""
-    return ContactInvalid([FieldError("body", refusal.message)])
+    return ContactInvalid([FieldError(field="body", message=refusal.message)])
 
 
 def _refusal_outcome(job_id: str, refusal: Refusal) -> Outcome:
-    errors = [FieldError("body", refusal.message)] if refusal.code == 400 else None
+    errors = [FieldError(field="body", message=refusal.message)] if refusal.code == 400 else None
     return Outcome.failed(job_id, refusal.code, refusal.message, errors)
 
 
 def _single_outcome(job: ContactJob, result: _ItemResult) -> Outcome:
     if result.contact is None:
         assert result.message is not None
-        return Outcome.failed(job.job_id, result.code, result.message, result.errors)
+        failed: JobErrorCode = 409 if result.code == 409 else 400  # a failed item's codes
+        return Outcome.failed(job.job_id, failed, result.message, result.errors)
+    assert result.code == 200 or result.code == 201
     return Outcome.succeeded(
-        job.job_id, result.code, {"data": result.document()}, result.contact.columns["id"]
+        job.job_id,
+        ContactResult(code=result.code, data=result.document()),
+        result.contact.columns["id"],
     )
 
 
 def _batch_outcome(job: ContactJob, items: list[_ItemResult]) -> Outcome:
     """A batch job succeeds, with counts and one result per contact."""
-    counts = {"created": 0, "updated": 0, "failed": 0}
-    results: list[dict[str, Any]] = []
+    counts = BatchCounts(created=0, updated=0, failed=0)
+    results: list[BatchItem] = []
     for index, item in enumerate(items):
         if item.columns is not None:
             counts["created" if item.code == 201 else "updated"] += 1
             results.append(
-                {
-                    "index": index,
-                    "code": item.code,
-                    "id": item.columns["id"],
-                    "email": item.columns["email"],
-                }
+                BatchItem(
+                    index=index, code=item.code, id=item.columns["id"], email=item.columns["email"]
+                )
             )
         else:
             counts["failed"] += 1
-            failure: dict[str, Any] = {"index": index, "code": item.code, "error": item.message}
+            assert item.message is not None
+            failure = BatchItem(index=index, code=item.code, error=item.message)
             if item.errors:
                 failure["errors"] = item.errors
             results.append(failure)
-    return Outcome.succeeded(job.job_id, 200, {"counts": counts, "items": results})
+    return Outcome.succeeded(job.job_id, BatchResult(code=200, counts=counts, items=results))

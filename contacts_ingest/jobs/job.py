@@ -9,13 +9,15 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, get_args, overload
+
+from contacts_ingest.model.documents import JobErrorCode
+from contacts_ingest.model.documents import Operation as Operation  # where callers look
 
 TASK_NAME = "contacts.ingest"
-OPERATIONS = ("create", "upsert")
+OPERATIONS: tuple[str, ...] = get_args(Operation)
 MAX_JOB_ID_CHARS = 64
 MAX_USER_ID_CHARS = 200
-Operation = Literal["create", "upsert"]
 
 
 def operation_named(name: str) -> Operation:
@@ -33,6 +35,10 @@ def datetime_from_us(micros: int) -> datetime:
     return datetime.fromtimestamp(micros / 1_000_000, tz=UTC)
 
 
+@overload
+def iso_timestamp(moment: datetime) -> str: ...
+@overload
+def iso_timestamp(moment: None) -> None: ...
 def iso_timestamp(moment: datetime | None) -> str | None:
     """RFC 3339 in UTC with whole seconds, as the API reference writes timestamps."""
     if moment is None:
@@ -56,7 +62,7 @@ class Refusal:
     """A job's final failure decided before it is applied: code and message as the
     job's ``error`` reports them."""
 
-    code: int
+    code: JobErrorCode
     message: str
 
 

@@ -14,7 +14,7 @@ import binascii
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol, cast
 
 import redis
 from sqlalchemy import Engine, RowMapping, literal, select, tuple_
@@ -22,6 +22,7 @@ from sqlalchemy import Engine, RowMapping, literal, select, tuple_
 from contacts_ingest.infrastructure.schema import contact_jobs
 from contacts_ingest.jobs.board import JobBoard, Position
 from contacts_ingest.jobs.job import MAX_JOB_ID_CHARS, datetime_from_us, iso_timestamp
+from contacts_ingest.model.documents import Job, JobState, Operation
 
 FinalJobReader = Callable[[str], RowMapping | None]
 _JOB_ID_SHAPE = re.compile(rf"^[A-Za-z0-9_-]{{1,{MAX_JOB_ID_CHARS}}}$")
@@ -97,35 +98,33 @@ def read_final_job(engine: Engine, job_id: str) -> RowMapping | None:
         )
 
 
-def final_job_document(row: RowMapping) -> dict[str, Any]:
+def final_job_document(row: RowMapping) -> Job:
     """A final job as GET /io/contacts/jobs/<id> shows it."""
-    return {
-        "job_id": row["job_id"],
-        "status": row["status"],
-        "operation": row["operation"],
-        "created_at": iso_timestamp(row["accepted_at"]),
-        "finished_at": iso_timestamp(row["finished_at"]),
-        "result": row["result"],
-        "error": row["error"],
-    }
+    return Job(
+        job_id=row["job_id"],
+        status=row["status"],
+        operation=row["operation"],
+        created_at=iso_timestamp(row["accepted_at"]),
+        finished_at=iso_timestamp(row["finished_at"]),
+        result=row["result"],
+        error=row["error"],
+    )
 
 
-def pending_job_document(job_id: str, record: dict[str, str]) -> dict[str, Any]:
+def pending_job_document(job_id: str, record: dict[str, str]) -> Job:
     """A not-yet-final job as GET /io/contacts/jobs/<id> shows it."""
-    return {
-        "job_id": job_id,
-        "status": record["status"],
-        "operation": record["operation"],
-        "created_at": iso_timestamp(datetime_from_us(int(record["accepted_at_us"]))),
-        "finished_at": None,
-        "result": None,
-        "error": None,
-    }
+    return Job(
+        job_id=job_id,
+        status=cast(JobState, record["status"]),
+        operation=cast(Operation, record["operation"]),
+        created_at=iso_timestamp(datetime_from_us(int(record["accepted_at_us"]))),
+        finished_at=None,
+        result=None,
+        error=None,
+    )
 
 
-def job_status(
-    board: JobBoard, final_job: FinalJobReader, job_id: str, user_id: str
-) -> dict[str, Any] | None:
+def job_status(board: JobBoard, final_job: FinalJobReader, job_id: str, user_id: str) -> Job | None:
     """The job's status document for its owner; None if unknown or another user's.
 
     Reads Redis before PostgreSQL: a worker deletes the pending record only after
@@ -177,7 +176,7 @@ def list_jobs(
     since_us: int | None = None,
     below: Position | None = None,
     limit: int = 20,
-) -> tuple[list[dict[str, Any]], Position | None]:
+) -> tuple[list[Job], Position | None]:
     """A page of the user's jobs (documents as GET /io/contacts/jobs/<id> shows them),
     newest first, and the position to continue below (None when there is no more).
 
@@ -200,7 +199,7 @@ def list_jobs(
         if len(final) > limit:
             last = final[-1]
             bounds.append((us_from_datetime(last["accepted_at"]), last["job_id"]))
-    found: dict[str, tuple[Position, dict[str, Any]]] = {}
+    found: dict[str, tuple[Position, Job]] = {}
     for job_id, record in pending:
         found[job_id] = (
             (int(record["accepted_at_us"]), job_id),

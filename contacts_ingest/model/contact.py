@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, get_args
 
 import orjson
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError
@@ -25,9 +25,10 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from contacts_ingest.model.documents import ContactStatus, FieldError
 from contacts_ingest.model.email_syntax import normalize_email
 
-STATUSES = ("subscribed", "unsubscribed", "bounced", "complained")
+STATUSES: tuple[str, ...] = get_args(ContactStatus)
 EMAIL_MAX_CHARS = 254
 CUSTOM_FIELDS_MAX_KEYS = 20
 CUSTOM_FIELDS_MAX_BYTES = 8192
@@ -45,13 +46,6 @@ CUSTOM_FIELDS_DEPTH_MESSAGE = (
     f"customFields must not nest more than {CUSTOM_FIELDS_MAX_DEPTH} levels deep"
 )
 WORKSPACE_MESSAGE = "workspaceId must be a UUID"
-
-
-class FieldError(dict[str, str]):
-    """``{"field": ..., "message": ...}``: one failing field, as the API reports it."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(field=field, message=message)
 
 
 class ContactInvalid(Exception):
@@ -212,7 +206,7 @@ class ContactRequest(BaseModel):
     company: Text150 | None = None
     job_title: Text100 | None = Field(default=None, alias="jobTitle")
     social_profiles: SocialProfiles | None = Field(default=None, alias="socialProfiles")
-    status: Literal["subscribed", "unsubscribed", "bounced", "complained"] = "subscribed"
+    status: ContactStatus = "subscribed"
     custom_fields: Annotated[
         dict[str, Any] | None,
         AfterValidator(_check_custom_fields),
@@ -291,7 +285,7 @@ def parse_contact(body: object) -> ContactRequest:
     Raises :class:`ContactInvalid` listing every failing field, in field order.
     """
     if not isinstance(body, dict):
-        raise ContactInvalid([FieldError("body", BODY_NOT_OBJECT_MESSAGE)])
+        raise ContactInvalid([FieldError(field="body", message=BODY_NOT_OBJECT_MESSAGE)])
     try:
         return ContactRequest.model_validate(body)
     except ValidationError as exc:
@@ -301,7 +295,7 @@ def parse_contact(body: object) -> ContactRequest:
             field, message = _message_for(detail)
             if field not in seen:
                 seen.add(field)
-                errors.append(FieldError(field, message))
+                errors.append(FieldError(field=field, message=message))
         errors.sort(key=lambda e: _FIELD_ORDER.get(e["field"].split(".")[0], -1))
         raise ContactInvalid(errors) from None
 
@@ -317,8 +311,8 @@ def parse_batch(body: object) -> list[object]:
     Raises :class:`ContactInvalid` when the batch itself is malformed.
     """
     if not isinstance(body, dict):
-        raise ContactInvalid([FieldError("body", BODY_NOT_OBJECT_MESSAGE)])
+        raise ContactInvalid([FieldError(field="body", message=BODY_NOT_OBJECT_MESSAGE)])
     items = body.get("contacts")
     if not isinstance(items, list) or not 0 < len(items) <= BATCH_MAX_CONTACTS:
-        raise ContactInvalid([FieldError("contacts", BATCH_SHAPE_MESSAGE)])
+        raise ContactInvalid([FieldError(field="contacts", message=BATCH_SHAPE_MESSAGE)])
     return items

@@ -9,10 +9,10 @@ import pytest
 from contacts_ingest.model.contact import (
     ContactInvalid,
     ContactRequest,
-    FieldError,
     custom_fields_problem,
     parse_contact,
 )
+from contacts_ingest.model.documents import FieldError
 
 EMAIL = "bob@example.com"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +16,8 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.conftest import REQUEST_FIELDS
+from contacts_ingest.model.documents import CONTACT_FIELDS as MODEL_CONTACT_FIELDS
+from tests.conftest import CONTACT_FIELDS, REQUEST_FIELDS
 from tests.unit.harness import (
     ALICE,
     BOB,
@@ -332,6 +335,28 @@ def test_the_request_schema_names_every_field_of_the_model(document: dict[str, A
     assert list(properties) == REQUEST_FIELDS
     assert properties["firstName"]["anyOf"][0]["maxLength"] == 100
     assert document["components"]["schemas"]["ContactRequest"]["required"] == ["email"]
+
+
+def test_the_contact_document_has_the_references_fields_in_its_order_then_ours(
+    document: dict[str, Any],
+) -> None:
+    """The shape the service builds, and the schema the document publishes, against
+    the field list written down from the API reference."""
+    assert list(MODEL_CONTACT_FIELDS) == CONTACT_FIELDS
+    contact = document["components"]["schemas"]["Contact"]
+    assert list(contact["properties"]) == CONTACT_FIELDS
+    assert contact["required"] == CONTACT_FIELDS
+    assert list(_final_row("job_1")["result"]["data"]) == CONTACT_FIELDS
+
+
+def test_every_response_schema_is_referenced_and_every_reference_resolves(
+    document: dict[str, Any],
+) -> None:
+    schemas = document["components"]["schemas"]
+    text = json.dumps(document)
+    referenced = set(re.findall(r'"#/components/schemas/([A-Za-z]+)"', text))
+    assert referenced <= set(schemas)
+    assert set(schemas) - referenced == set()
 
 
 def test_the_request_schema_says_what_null_does_to_the_merged_objects(
