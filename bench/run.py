@@ -17,14 +17,13 @@ import json
 import os
 import platform
 import re
-import secrets
 import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,11 +32,8 @@ from typing import Any
 import psutil
 import psycopg
 import redis
-import requests
-from sqlalchemy import create_engine, make_url, text
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = str(Path(sys.executable).parent / "contacts-ingest")
 CELERY = str(Path(sys.executable).parent / "celery")
 GRANIAN = str(Path(sys.executable).parent / "granian")
 WRK_SCRIPT = str(ROOT / "bench" / "wrk_post_contacts.lua")
@@ -45,8 +41,16 @@ WRK_SCRIPT = str(ROOT / "bench" / "wrk_post_contacts.lua")
 sys.path.insert(0, str(ROOT))
 from bench import upserts, validation  # noqa: E402
 from contacts_ingest.infrastructure.local_servers import free_port  # noqa: E402
-from contacts_ingest.infrastructure.migrate import upgrade  # noqa: E402
-from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url  # noqa: E402
+from contacts_ingest.infrastructure.scratch import (  # noqa: E402
+    CLI,
+    Process,
+    run_id,
+    scratch_database,
+    scratch_prefix,
+    start_process,
+    wait_ready,
+)
+from contacts_ingest.infrastructure.settings import Settings  # noqa: E402
 from contacts_ingest.producer import ContactProducer  # noqa: E402
 
 
@@ -72,20 +76,21 @@ class Stack:
 
     def __init__(self) -> None:
         base = Settings()
-        self.run = secrets.token_hex(4)
-        self.admin_url = make_url(sqlalchemy_url(base.database_url))
-        self.database = f"contacts_bench_{self.run}"
-        self.admin = create_engine(
-            self.admin_url.set(database="postgres"), isolation_level="AUTOCOMMIT"
-        )
-        with self.admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{self.database}"'))
-        self.database_url = (
-            self.admin_url.set(database=self.database)
-            .render_as_string(hide_password=False)
-            .replace("postgresql+psycopg://", "postgresql://", 1)
-        )
-        self.prefix = f"contacts-bench-{self.run}:"
+        self.run = run_id()
+        self._scratch = ExitStack()
+        try:
+            url = self._scratch.enter_context(
+                scratch_database(
+                    base.database_url, f"contacts_bench_{self.run}", admin_database="postgres"
+                )
+            )
+            self.prefix = self._scratch.enter_context(
+                scratch_prefix(base.redis_url, f"contacts-bench-{self.run}:", f"naive-{self.run}")
+            )
+        except BaseException:
+            self._scratch.close()
+            raise
+        self.database_url = url.replace("postgresql+psycopg://", "postgresql://", 1)
         self.queue = f"bench-{self.run}"
         self.redis_url = base.redis_url
         self.redis = redis.Redis.from_url(base.redis_url)
@@ -100,26 +105,16 @@ class Stack:
             "NAIVE_QUEUE": f"naive-{self.run}",
             "FLOOR_LIST": f"{self.prefix}floor",
         }
-        upgrade(self.database_url)
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: list[Process] = []
         self.pg = psycopg.connect(self.database_url, autocommit=True)
 
-    def start(self, args: list[str], **env: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            args, env={**self.env, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            cwd=ROOT,
-        )  # fmt: skip
+    def start(self, args: list[str], **env: str) -> Process:
+        process = start_process(args, {**self.env, **env}, cwd=ROOT)
         self.processes.append(process)
         return process
 
-    def stop(self, process: subprocess.Popen[bytes]) -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    def stop(self, process: Process) -> None:
+        process.stop(timeout=60)
 
     def key(self, user: str) -> str:
         return subprocess.run(
@@ -134,24 +129,7 @@ class Stack:
         for process in self.processes:
             self.stop(process)
         self.pg.close()
-        with self.admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
-        for name in self.redis.scan_iter(match=f"{self.prefix}*", count=1000):
-            self.redis.delete(name)
-        for name in self.redis.scan_iter(match=f"naive-{self.run}*", count=1000):
-            self.redis.delete(name)
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.ConnectionError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{url} did not come up") from None
-            time.sleep(0.2)
+        self._scratch.close()
 
 
 class RssSampler:
@@ -218,7 +196,7 @@ def gateway(stack: Stack, sampler: RssSampler) -> Iterator[str]:
     port = free_port()
     process = stack.start([CLI, "serve", "--port", str(port), "--workers", "2"])
     url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/healthz")
+    wait_ready(f"{url}/healthz", process, ok_only=False)
     sampler.watch("gateway", process.pid)
     try:
         yield url
@@ -234,7 +212,7 @@ def floor(stack: Stack) -> Iterator[str]:
         "--workers", "2", "--log-level", "warning", "bench.floor_app:app",
     ])  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    wait_http(url)
+    wait_ready(url, process, ok_only=False)
     try:
         yield url
     finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import subprocess
 import sys
 import threading
@@ -22,15 +21,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
-import redis
 import requests
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, text
 
-from contacts_ingest.infrastructure.local_servers import free_port
-from contacts_ingest.infrastructure.migrate import upgrade
+from contacts_ingest.infrastructure.scratch import (
+    CLI,
+    NotReady,
+    Process,
+    run_id,
+    scratch_database,
+    scratch_prefix,
+    start_gateway,
+    start_worker,
+)
 from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url
-
-CLI = str(Path(sys.executable).parent / "contacts-ingest")
 
 
 @dataclass
@@ -63,98 +67,91 @@ def main() -> int:
     args = parser.parse_args()
 
     base = Settings()
-    run = secrets.token_hex(4)
-    admin_url = make_url(sqlalchemy_url(base.database_url))
-    database = f"contacts_soak_{run}"
-    admin = create_engine(admin_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{database}"'))
-    database_url = admin_url.set(database=database).render_as_string(hide_password=False)
-    prefix = f"contacts-soak-{run}:"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_KEY_PREFIX": prefix,
-        "CELERY_QUEUE": f"soak-{run}",
-        "RATE_LIMIT_WRITES": "1000000000",
-        "LOG_LEVEL": "WARNING",
-    }
-    processes: list[subprocess.Popen[bytes]] = []
+    run = run_id()
     report = Report(seconds=args.seconds, offered_per_second=args.rate)
-    try:
-        upgrade(database_url)
-        key = subprocess.run(
-            [CLI, "keys", "create", "--user", "soak"],
-            env=env, capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        port = free_port()
-        output = subprocess.DEVNULL if args.quiet else None
-        gateway = subprocess.Popen(
-            [CLI, "serve", "--port", str(port), "--workers", "1"],
-            env=env,
-            stdout=output,
-            stderr=output,
-        )
-        worker = subprocess.Popen(
-            [CLI, "worker", "--concurrency", "2"], env=env, stdout=output, stderr=output
-        )
-        processes += [gateway, worker]
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
+    with (
+        scratch_database(
+            base.database_url, f"contacts_soak_{run}", admin_database="postgres"
+        ) as database_url,
+        scratch_prefix(base.redis_url, f"contacts-soak-{run}:") as prefix,
+    ):
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_KEY_PREFIX": prefix,
+            "CELERY_QUEUE": f"soak-{run}",
+            "RATE_LIMIT_WRITES": "1000000000",
+            "LOG_LEVEL": "WARNING",
+        }
+        worker = start_worker(env, quiet=args.quiet)
+        try:
+            gateway, url = start_gateway(env, quiet=args.quiet)
+        except NotReady:
+            worker.stop(timeout=60)
+            raise SystemExit("the gateway did not start") from None
+        try:
+            soak(args, env, url, gateway, worker, report)
+        finally:
+            gateway.stop(timeout=60)
+            worker.stop(timeout=60)
+
+    print_report(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    healthy = report.accepted > 0 and report.lost == report.duplicated == report.failed == 0
+    return 0 if healthy else 1
+
+
+def soak(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    url: str,
+    gateway: Process,
+    worker: Process,
+    report: Report,
+) -> None:
+    """Offer the load, then wait for the drain and audit the database into ``report``."""
+    key = subprocess.run(
+        [CLI, "keys", "create", "--user", "soak"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    database_url = env["DATABASE_URL"]
+    accepted: list[str] = []
+    lock = threading.Lock()
+    started = time.monotonic()
+    stop_at = started + args.seconds
+
+    def client(index: int, clients: int) -> None:
+        session = requests.Session()
+        headers = {"Authorization": f"Bearer {key}"}
+        interval = clients / args.rate
+        n = 0
+        next_at = started + index * interval / clients
+        while next_at < stop_at:
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            n += 1
+            body = {"email": f"soak-{index}-{n}@example.com", "firstName": "Soak"}
             try:
-                if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the gateway did not start")
-            time.sleep(0.2)
-
-        accepted: list[str] = []
-        lock = threading.Lock()
-        started = time.monotonic()
-        stop_at = started + args.seconds
-
-        def client(index: int, clients: int) -> None:
-            session = requests.Session()
-            headers = {"Authorization": f"Bearer {key}"}
-            interval = clients / args.rate
-            n = 0
-            next_at = started + index * interval / clients
-            while next_at < stop_at:
-                time.sleep(max(0.0, next_at - time.monotonic()))
-                n += 1
-                body = {"email": f"soak-{index}-{n}@example.com", "firstName": "Soak"}
-                try:
-                    answer = session.post(
-                        f"{url}/io/contacts/contacts", json=body, headers=headers, timeout=10
-                    )
-                    outcome = str(answer.status_code)
-                except requests.RequestException as exc:
-                    outcome = type(exc).__name__
-                with lock:
-                    if outcome == "202":
-                        accepted.append(answer.json()["data"]["job_id"])
-                    else:
-                        report.refused[outcome] = report.refused.get(outcome, 0) + 1
-                next_at += interval
-
-        clients = 8
-        threads = [
-            threading.Thread(target=client, args=(i, clients), daemon=True) for i in range(clients)
-        ]
-        for thread in threads:
-            thread.start()
-        while any(thread.is_alive() for thread in threads):
-            report.rss.append(
-                (
-                    round(time.monotonic() - started, 1),
-                    round(tree_rss_mib(gateway.pid), 1),
-                    round(tree_rss_mib(worker.pid), 1),
+                answer = session.post(
+                    f"{url}/io/contacts/contacts", json=body, headers=headers, timeout=10
                 )
-            )
-            time.sleep(min(10.0, max(1.0, args.seconds / 20)))
+                outcome = str(answer.status_code)
+            except requests.RequestException as exc:
+                outcome = type(exc).__name__
+            with lock:
+                if outcome == "202":
+                    accepted.append(answer.json()["data"]["job_id"])
+                else:
+                    report.refused[outcome] = report.refused.get(outcome, 0) + 1
+            next_at += interval
+
+    clients = 8
+    threads = [
+        threading.Thread(target=client, args=(i, clients), daemon=True) for i in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
         report.rss.append(
             (
                 round(time.monotonic() - started, 1),
@@ -162,54 +159,39 @@ def main() -> int:
                 round(tree_rss_mib(worker.pid), 1),
             )
         )
-        report.accepted = len(accepted)
+        time.sleep(min(10.0, max(1.0, args.seconds / 20)))
+    report.rss.append(
+        (
+            round(time.monotonic() - started, 1),
+            round(tree_rss_mib(gateway.pid), 1),
+            round(tree_rss_mib(worker.pid), 1),
+        )
+    )
+    report.accepted = len(accepted)
 
-        engine = create_engine(sqlalchemy_url(database_url))
-        drain_started = time.monotonic()
-        with engine.connect() as conn:
-            while True:
-                final = conn.execute(
-                    text("SELECT count(*) FROM contact_jobs WHERE job_id = ANY(:ids)"),
-                    {"ids": accepted},
-                ).scalar_one()
-                conn.commit()
-                if final == len(accepted) or time.monotonic() - drain_started > 180:
-                    break
-                time.sleep(0.5)
-            report.final = int(final)
-            report.drain_seconds = round(time.monotonic() - drain_started, 1)
-            report.lost = report.accepted - report.final
-            # Every job created a distinct contact once: any other write is a duplicate.
-            report.duplicated = int(
-                conn.execute(
-                    text("SELECT coalesce(sum(version - 1), 0) FROM contacts")
-                ).scalar_one()
-            )
-            report.failed = int(
-                conn.execute(
-                    text("SELECT count(*) FROM contact_jobs WHERE code <> 201")
-                ).scalar_one()
-            )
-        engine.dispose()
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        client_redis = redis.Redis.from_url(base.redis_url)
-        for key_name in client_redis.scan_iter(match=f"{prefix}*", count=1000):
-            client_redis.delete(key_name)
-
-    print_report(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    healthy = report.accepted > 0 and report.lost == report.duplicated == report.failed == 0
-    return 0 if healthy else 1
+    engine = create_engine(sqlalchemy_url(database_url))
+    drain_started = time.monotonic()
+    with engine.connect() as conn:
+        while True:
+            final = conn.execute(
+                text("SELECT count(*) FROM contact_jobs WHERE job_id = ANY(:ids)"),
+                {"ids": accepted},
+            ).scalar_one()
+            conn.commit()
+            if final == len(accepted) or time.monotonic() - drain_started > 180:
+                break
+            time.sleep(0.5)
+        report.final = int(final)
+        report.drain_seconds = round(time.monotonic() - drain_started, 1)
+        report.lost = report.accepted - report.final
+        # Every job created a distinct contact once: any other write is a duplicate.
+        report.duplicated = int(
+            conn.execute(text("SELECT coalesce(sum(version - 1), 0) FROM contacts")).scalar_one()
+        )
+        report.failed = int(
+            conn.execute(text("SELECT count(*) FROM contact_jobs WHERE code <> 201")).scalar_one()
+        )
+    engine.dispose()
 
 
 def print_report(report: Report) -> None:

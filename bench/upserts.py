@@ -28,13 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contacts_ingest.infrastructure.scratch import CLI
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.producer import ContactProducer
 
 if TYPE_CHECKING:
     from bench.run import Profile, RssSampler, Stack
 
-CLI = str(Path(sys.executable).parent / "contacts-ingest")
 IMPORT_ROWS = {"full": 200_000, "quick": 20_000}
 
 DrainRate = Callable[["Stack", str, int, float], tuple[float, int]]

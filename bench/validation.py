@@ -40,6 +40,7 @@ import psutil  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from contacts_ingest.infrastructure.scratch import CLI  # noqa: E402
 from contacts_ingest.infrastructure.settings import Settings  # noqa: E402
 from contacts_ingest.model import contact  # noqa: E402
 from contacts_ingest.model.contact import parse_contact  # noqa: E402
@@ -255,7 +256,7 @@ def pipeline(tree: Path, bulk_jobs: int = 30) -> dict[str, Any]:
     stack = run.Stack()
     sampler = run.RssSampler()
     try:
-        worker = stack.start([run.CLI, "worker", "--concurrency", "2"])
+        worker = stack.start([CLI, "worker", "--concurrency", "2"])
         time.sleep(8)  # started and idle
         before = _tree_cpu_seconds(worker.pid)
         producer = ContactProducer(

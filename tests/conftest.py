@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine
 
 from contacts_ingest.infrastructure.database import make_engine
 from contacts_ingest.infrastructure.local_servers import (
@@ -34,10 +34,10 @@ from contacts_ingest.infrastructure.local_servers import (
     stop_embedded_postgres,
 )
 from contacts_ingest.infrastructure.local_servers import free_port as free_port
-from contacts_ingest.infrastructure.migrate import upgrade
-from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url
+from contacts_ingest.infrastructure.scratch import run_id, scratch_database, scratch_prefix
+from contacts_ingest.infrastructure.settings import Settings
 
-RUN_ID = secrets.token_hex(4)
+RUN_ID = run_id()
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -166,26 +166,14 @@ def unique(prefix: str) -> str:
 @pytest.fixture(scope="session")
 def database_url(admin_database_url: str) -> Iterator[str]:
     """A migrated database of this run's own, dropped at the end."""
-    admin_url = make_url(sqlalchemy_url(admin_database_url))
-    name = f"contacts_test_{RUN_ID}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(admin_database_url, f"contacts_test_{RUN_ID}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def redis_prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"contacts-test-{RUN_ID}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        client.delete(key)
+    with scratch_prefix(redis_url, f"contacts-test-{RUN_ID}:") as prefix:
+        yield prefix
 
 
 @pytest.fixture(scope="session")

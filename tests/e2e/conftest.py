@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,10 +13,12 @@ from typing import Any
 import pytest
 import requests
 
+from contacts_ingest.infrastructure import scratch
+from contacts_ingest.infrastructure.scratch import CLI as CLI
+from contacts_ingest.infrastructure.scratch import Process as Process
 from contacts_ingest.infrastructure.settings import Settings
-from tests.conftest import free_port, unique
+from tests.conftest import unique
 
-CLI = str(Path(sys.executable).parent / "contacts-ingest")
 FINAL = ("succeeded", "failed")
 
 
@@ -39,52 +40,15 @@ def service_env(settings: Settings, **overrides: str) -> dict[str, str]:
     return env
 
 
-@dataclass
-class Process:
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> Process:
-    handle = log.open("wb")
-    popen = subprocess.Popen([CLI, *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
-    return Process(popen, log)
-
-
 def start_gateway(env: dict[str, str], log_dir: Path, workers: int = 1) -> tuple[Process, str]:
-    port = free_port()
-    process = start(
-        ["serve", "--port", str(port), "--workers", str(workers)],
-        env,
-        log_dir / f"serve-{port}.log",
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return process, base
-        except requests.ConnectionError:
-            pass
-        if process.popen.poll() is not None or time.monotonic() > deadline:
-            process.stop()
-            raise RuntimeError("gateway did not start:\n" + process.log.read_text())
-        time.sleep(0.1)
+    """A gateway once /readyz answers 200; its output in ``log_dir``."""
+    return scratch.start_gateway(env, workers=workers, log_dir=log_dir)
 
 
 def start_worker(
     env: dict[str, str], log_dir: Path, name: str = "worker", concurrency: int = 2
 ) -> Process:
-    return start(["worker", "--concurrency", str(concurrency)], env, log_dir / f"{name}.log")
+    return scratch.start_worker(env, concurrency=concurrency, log=log_dir / f"{name}.log")
 
 
 def create_key(env: dict[str, str], user: str) -> str:

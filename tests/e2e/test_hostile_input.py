@@ -213,16 +213,16 @@ def test_no_message_stops_a_worker_and_each_unreadable_job_fails_alone_with_400(
         after_all = admit(board, messages, user, {"email": "after@example.com"})
         assert service.wait_final(auth, after_all)["result"]["code"] == 201
         assert worker.popen.poll() is None
-        assert family(processes) == before, worker.log.read_text(errors="replace")[-3000:]
+        assert family(processes) == before, worker.output()[-3000:]
         assert redis.Redis.from_url(own.redis_url).llen(messages.queue_key) == 0
         # The message naming no job is logged as dropped (its batch may finish last).
         deadline = time.monotonic() + 30
-        while "dropping a message that names no pending job" not in worker.log.read_text():
-            assert time.monotonic() < deadline, worker.log.read_text(errors="replace")[-3000:]
+        while "dropping a message that names no pending job" not in worker.output():
+            assert time.monotonic() < deadline, worker.output()[-3000:]
             time.sleep(0.1)
     finally:
         worker.stop()
-    assert "Unrecoverable error" not in worker.log.read_text(errors="replace")
+    assert "Unrecoverable error" not in worker.output()
 
 
 def test_an_email_that_grows_when_case_folded_is_refused_where_emails_are_validated(

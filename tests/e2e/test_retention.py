@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import Engine, create_engine, insert, make_url, text
+from sqlalchemy import Engine, insert, text
 
 from contacts_ingest.infrastructure.database import make_engine
-from contacts_ingest.infrastructure.migrate import upgrade
 from contacts_ingest.infrastructure.schema import contact_jobs
-from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url
+from contacts_ingest.infrastructure.scratch import scratch_database
+from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.ingestion.retention import ensure_partitions, prune
 from tests.conftest import unique
 from tests.e2e.conftest import (
@@ -36,14 +36,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def own_database(admin_database_url: str) -> Iterator[str]:
     name = unique("contacts_retention").replace("-", "_")
-    admin_url = make_url(sqlalchemy_url(admin_database_url))
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(admin_database_url, name) as url:
+        yield url
 
 
 def partitions(engine: Engine) -> set[str]:
@@ -104,4 +98,4 @@ def test_a_worker_prunes_old_days_itself_and_a_pruned_job_reads_404(
         gateway.stop()
         worker.stop()
         engine.dispose()
-    assert "pruned final jobs accepted before" in worker.log.read_text()
+    assert "pruned final jobs accepted before" in worker.output()

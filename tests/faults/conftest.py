@@ -33,11 +33,12 @@ from contacts_ingest.infrastructure.local_servers import (
 )
 from contacts_ingest.infrastructure.migrate import upgrade
 from contacts_ingest.infrastructure.schema import contact_jobs, contacts
+from contacts_ingest.infrastructure.scratch import Process
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.producer import ContactProducer
 from tests.conftest import unique
-from tests.e2e.conftest import Process, service_env, start_gateway, start_worker
+from tests.e2e.conftest import service_env, start_gateway, start_worker
 from tests.faults.servers import PrivatePostgres, PrivateRedis, temp_root
 
 VISIBILITY_TIMEOUT = 3

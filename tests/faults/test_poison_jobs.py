@@ -83,13 +83,13 @@ def test_a_job_failing_unexpectedly_is_dead_lettered_after_5_tries_and_retried_b
         [[job_id, user, attempts, error, failed_at]] = dead_list(scenario)
         assert (job_id, user, attempts, error) == (poison, scenario.user, "5", "ProgrammingError")
         assert failed_at
-        log = worker.log.read_text()
+        log = worker.output()
         assert log.count("it is tried again alone") == 5
         assert "job dead-lettered" in log
         # Retried while the bug is still there: tried 5 times again, dead again.
         assert cli(scenario, "retry", poison).returncode == 0
         wait_until(
-            lambda: worker.log.read_text().count("job dead-lettered") == 2,
+            lambda: worker.output().count("job dead-lettered") == 2,
             "the retried job was not dead-lettered again",
             timeout=60,
         )
@@ -155,15 +155,15 @@ def test_a_job_that_kills_its_pool_process_is_found_and_dead_lettered_alone(
         worker = scenario.worker("w", concurrency=1, CELERY_VISIBILITY_TIMEOUT="600")
         # Each delivery of the killer waits on its lock: kill the process that applies
         # it, until the worker gives up on it and only records its failure.
-        while "recording it as failed" not in worker.log.read_text():
+        while "recording it as failed" not in worker.output():
             wait_until(
                 lambda: (
                     bool(waiting_on(scenario.engine, killer))
-                    or "recording it as failed" in worker.log.read_text()
+                    or "recording it as failed" in worker.output()
                 ),
                 "the killer was not delivered again",
             )
-            if "recording it as failed" not in worker.log.read_text():
+            if "recording it as failed" not in worker.output():
                 kills += kill_the_process_applying(scenario, worker, killer)
     assert kills == 5  # its first delivery (with its neighbours) and four alone
     scenario.wait_drained(list(jobs.values()), timeout=60)

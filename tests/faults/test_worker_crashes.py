@@ -92,9 +92,7 @@ def test_a_worker_killed_after_its_commit_but_before_its_ack_changes_nothing_on_
     past_the_visibility_timeout()
     rescue = scenario.worker("rescue")
     wait_until(
-        lambda: (
-            job_id in rescue.log.read_text() and "job already recorded" in rescue.log.read_text()
-        ),
+        lambda: job_id in rescue.output() and "job already recorded" in rescue.output(),
         lambda: f"the job was not delivered again; {scenario.broker_state()}",
     )
     assert scenario.final_rows([job_id])[job_id] == before  # recognised as done: same outcome
@@ -147,7 +145,7 @@ def test_a_job_outliving_the_visibility_timeout_runs_twice_at_once_with_one_effe
         )
     scenario.wait_drained([job_id])
     wait_until(
-        lambda: any("job already recorded" in worker.log.read_text() for worker in workers),
+        lambda: any("job already recorded" in worker.output() for worker in workers),
         "the second delivery did not find the first one's outcome",
     )
     scenario.audit({job_id: 201}, versions)

@@ -14,7 +14,7 @@ from contacts_ingest.infrastructure.migrate import (
     require_current_schema,
     upgrade,
 )
-from contacts_ingest.infrastructure.settings import sqlalchemy_url
+from contacts_ingest.infrastructure.scratch import database_url, drop_database
 from tests.conftest import unique
 
 pytestmark = pytest.mark.integration
@@ -24,11 +24,8 @@ def test_migrate_creates_the_database_and_the_schema_and_downgrades(
     admin_database_url: str,
 ) -> None:
     name = unique("contacts_migrate").replace("-", "_")
-    url = make_url(sqlalchemy_url(admin_database_url)).set(database=name)
-    url_text = url.render_as_string(hide_password=False)
-    admin = create_engine(
-        make_url(sqlalchemy_url(admin_database_url)), isolation_level="AUTOCOMMIT"
-    )
+    url_text = database_url(admin_database_url, name)
+    url = make_url(url_text)
     try:
         upgrade(url_text)
         assert not ensure_database(url_text)
@@ -44,20 +41,15 @@ def test_migrate_creates_the_database_and_the_schema_and_downgrades(
         assert "contacts" in inspect(engine).get_table_names()
         engine.dispose()
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(admin_database_url, name)
 
 
 def test_endpoints_created_before_operations_existed_keep_creating(
     admin_database_url: str,
 ) -> None:
     name = unique("contacts_migrate").replace("-", "_")
-    url = make_url(sqlalchemy_url(admin_database_url)).set(database=name)
-    url_text = url.render_as_string(hide_password=False)
-    admin = create_engine(
-        make_url(sqlalchemy_url(admin_database_url)), isolation_level="AUTOCOMMIT"
-    )
+    url_text = database_url(admin_database_url, name)
+    url = make_url(url_text)
     try:
         ensure_database(url_text)
         command.upgrade(alembic_config(url_text), "0003")
@@ -76,6 +68,4 @@ def test_endpoints_created_before_operations_existed_keep_creating(
                 conn.execute(text("UPDATE webhook_endpoints SET operation = 'delete'"))
         engine.dispose()
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(admin_database_url, name)

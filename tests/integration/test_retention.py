@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 import redis
 from alembic import command
-from sqlalchemy import Engine, create_engine, insert, make_url, select, text
+from sqlalchemy import Engine, insert, select, text
 
 from contacts_ingest.infrastructure.database import make_engine
 from contacts_ingest.infrastructure.migrate import alembic_config, ensure_database, upgrade
 from contacts_ingest.infrastructure.schema import contact_jobs, contacts
-from contacts_ingest.infrastructure.settings import Settings, sqlalchemy_url
+from contacts_ingest.infrastructure.scratch import scratch_database
+from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.ingestion.retention import (
     ensure_partitions,
     parse_duration,
@@ -41,14 +42,8 @@ pytestmark = pytest.mark.integration
 def database(admin_database_url: str) -> Iterator[str]:
     """A database of the test's own, created but not migrated."""
     name = unique("contacts_retention").replace("-", "_")
-    admin_url = make_url(sqlalchemy_url(admin_database_url))
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
-    ensure_database(url)
-    yield url
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(admin_database_url, name, migrate=False) as url:
+        yield url
 
 
 @pytest.fixture
