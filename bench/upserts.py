@@ -23,21 +23,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.report import ratio
+from bench.stack import FULL, QUICK, Profile, RssSampler, Stack
+from bench.worker import drain_rate, persistence_floor
+from bench.worker import measure as create_drain
 from contacts_ingest.infrastructure.scratch import CLI
-from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.producer import ContactProducer
 
-if TYPE_CHECKING:
-    from bench.run import Profile, RssSampler, Stack
-
 IMPORT_ROWS = {"full": 200_000, "quick": 20_000}
-
-DrainRate = Callable[["Stack", str, int, float], tuple[float, int]]
 
 
 def seed(stack: Stack, user: str, emails: list[str]) -> None:
@@ -59,21 +57,18 @@ def _upserted(email: str) -> dict[str, str]:
     return {"email": email, "firstName": "Upserted", "company": "Acme"}
 
 
-def bench_upsert_drain(
-    stack: Stack, profile: Profile, sampler: RssSampler, drain_rate: DrainRate
-) -> dict[str, Any]:
+def bench_upsert_drain(stack: Stack, profile: Profile, sampler: RssSampler) -> dict[str, Any]:
     """The worker draining a backlog of upserts of stored emails, single and bulk."""
     singles = [f"us{i}@example.com" for i in range(profile.single_jobs)]
     batches = [[f"ub{b}-{i}@example.com" for i in range(1000)] for b in range(profile.batches)]
     seed(stack, "bench-upsert-single", singles)
     seed(stack, "bench-upsert-batch", [email for batch in batches for email in batch])
-    producer = ContactProducer(_settings(stack))
+    producer = ContactProducer(stack.settings())
     for email in singles:
         producer.enqueue("bench-upsert-single", _upserted(email), upsert=True)
     for batch in batches:
         producer.enqueue_batch("bench-upsert-batch", [_upserted(e) for e in batch], upsert=True)
-    worker = stack.start([CLI, "worker", "--concurrency", "2"])
-    sampler.watch("worker", worker.pid)
+    worker = stack.worker(sampler)
     single, single_done = drain_rate(stack, "bench-upsert-single", len(singles), 600)
     batch_jobs, _ = drain_rate(stack, "bench-upsert-batch", len(batches), 600)
     stack.stop(worker)
@@ -119,7 +114,7 @@ def bench_import(stack: Stack, rows: int) -> dict[str, Any]:
     """``contacts-ingest import`` of ``rows`` new contacts, then ``--upsert`` of the same
     emails, with one worker (2 processes) running: rows/s and peak RSS of each."""
     user = f"bench-import-{stack.run}"
-    worker = stack.start([CLI, "worker", "--concurrency", "2"])
+    worker = stack.worker()
     _wait_ready(stack)
     results: dict[str, Any] = {"rows": rows}
     with tempfile.TemporaryDirectory() as folder:
@@ -155,7 +150,7 @@ def _upsert_row(i: int) -> list[str]:
 
 def _wait_ready(stack: Stack) -> None:
     """Wait until the worker applies a job: its start is not part of what is measured."""
-    job_id = ContactProducer(_settings(stack)).enqueue("bench-warm", {"email": "w@example.com"})
+    job_id = ContactProducer(stack.settings()).enqueue("bench-warm", {"email": "w@example.com"})
     deadline = time.monotonic() + 60
     while not stack.scalar("SELECT count(*) FROM contact_jobs WHERE job_id = %s", job_id):
         if time.monotonic() > deadline:
@@ -190,26 +185,14 @@ def _timed_import(stack: Stack, path: Path, user: str, *, upsert: bool) -> dict[
     }
 
 
-def _settings(stack: Stack) -> Settings:
-    return Settings(
-        database_url=stack.database_url, redis_key_prefix=stack.prefix, celery_queue=stack.queue
-    )
-
-
-def measure(
-    stack: Stack, profile: Profile, sampler: RssSampler, drain_rate: DrainRate, *, quick: bool
-) -> dict[str, Any]:
+def measure(stack: Stack, profile: Profile, sampler: RssSampler, *, quick: bool) -> dict[str, Any]:
     """Every upsert figure (``bench/run.py`` calls this after the create drain)."""
     print("upserts: worker drain, floor, import ...", flush=True)
     return {
-        "worker": bench_upsert_drain(stack, profile, sampler, drain_rate),
+        "worker": bench_upsert_drain(stack, profile, sampler),
         "floor": bench_upsert_floor(stack, profile),
         "import": bench_import(stack, IMPORT_ROWS["quick" if quick else "full"]),
     }
-
-
-def _ratio(a: float, b: float) -> float:
-    return round(a / b, 2) if b else 0.0
 
 
 def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -226,14 +209,14 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "worker: single-contact upsert jobs/s (stored emails, two fields changed)",
             f"{single:,.0f}",
             f"single creates: {w['single_jobs_per_s']:,.0f};"
-            f" ratio {_ratio(single, w['single_jobs_per_s'])}",
+            f" ratio {ratio(single, w['single_jobs_per_s'])}",
             "≥ 5,000; ≥ 0.8 of creates",
         ),
         (
             "worker: contacts/s in bulk upsert jobs (1,000 stored emails each)",
             f"{bulk:,.0f}",
             f"upsert floor (multi-row INSERT ... ON CONFLICT DO UPDATE, 500 per statement):"
-            f" {floor:,.0f}; ratio {_ratio(bulk, floor)}; bulk creates:"
+            f" {floor:,.0f}; ratio {ratio(bulk, floor)}; bulk creates:"
             f" {w['batch_contacts_per_s']:,.0f}",
             "≥ 25,000; ≥ 0.6 of floor",
         ),
@@ -256,19 +239,15 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 def main() -> int:
     import argparse
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.run import FULL, QUICK, RssSampler, Stack, bench_persistence_floor, bench_worker
-    from bench.run import drain_rate as rate
-
     parser = argparse.ArgumentParser(description="the upsert figures and their create baselines")
     parser.add_argument("--quick", action="store_true", help="smaller and shorter")
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
     stack, sampler = Stack(), RssSampler()
     try:
-        results: dict[str, Any] = {"worker": bench_worker(stack, profile, sampler)}
-        results["persistence_floor"] = bench_persistence_floor(stack, profile)
-        results["upserts"] = measure(stack, profile, sampler, rate, quick=args.quick)
+        results: dict[str, Any] = {"worker": create_drain(stack, profile, sampler)}
+        results["persistence_floor"] = persistence_floor(stack, profile)
+        results["upserts"] = measure(stack, profile, sampler, quick=args.quick)
     finally:
         sampler.close()
         stack.close()

@@ -40,8 +40,6 @@ import psutil  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from contacts_ingest.infrastructure.scratch import CLI  # noqa: E402
-from contacts_ingest.infrastructure.settings import Settings  # noqa: E402
 from contacts_ingest.model import contact  # noqa: E402
 from contacts_ingest.model.contact import parse_contact  # noqa: E402
 from contacts_ingest.model.email_syntax import (  # noqa: E402
@@ -250,36 +248,33 @@ def _tree_cpu_seconds(pid: int) -> float:
 
 def pipeline(tree: Path, bulk_jobs: int = 30) -> dict[str, Any]:
     """CPU of the worker per bulk contact and of the gateway per request, code of ``tree``."""
-    from bench import run  # the benchmark's stack: its own database, prefix and queues
+    # The benchmark's stack: its own database, prefix and queues.
+    from bench.load import wrk
+    from bench.stack import RssSampler, Stack, gateway
+    from bench.worker import drain_rate
 
     os.environ["PYTHONPATH"] = str(tree)  # the processes below run that checkout's code
-    stack = run.Stack()
-    sampler = run.RssSampler()
+    stack = Stack()
+    sampler = RssSampler()
     try:
-        worker = stack.start([CLI, "worker", "--concurrency", "2"])
+        worker = stack.worker()
         time.sleep(8)  # started and idle
         before = _tree_cpu_seconds(worker.pid)
-        producer = ContactProducer(
-            Settings(
-                database_url=stack.database_url,
-                redis_key_prefix=stack.prefix,
-                celery_queue=stack.queue,
-            )
-        )
+        producer = ContactProducer(stack.settings())
         for b in range(bulk_jobs):
             producer.enqueue_batch(
                 "bench-batch",
                 [{"email": f"b{b}-{i}@example.com", "firstName": "Batch"} for i in range(1000)],
             )
-        jobs_per_s, finished = run.drain_rate(stack, "bench-batch", bulk_jobs, 600)
+        jobs_per_s, finished = drain_rate(stack, "bench-batch", bulk_jobs, 600)
         worker_cpu = _tree_cpu_seconds(worker.pid) - before
         stack.stop(worker)
         key = stack.key("bench-gateway")
-        with run.gateway(stack, sampler) as url:
-            run.wrk(url, key, 2, 16)  # warm-up
+        with gateway(stack, sampler) as url:
+            wrk(url, key, 2, 16)  # warm-up
             serve = stack.processes[-1].pid
             before = _tree_cpu_seconds(serve)
-            load = run.wrk(url, key, 15, 32)
+            load = wrk(url, key, 15, 32)
             gateway_cpu = _tree_cpu_seconds(serve) - before
     finally:
         sampler.close()
