@@ -12,9 +12,9 @@ work runs on few, so the threads do not fight over the GIL.
 
 from __future__ import annotations
 
-import threading
+import queue
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -55,20 +55,36 @@ class ActiveRequests:
 
     def __init__(self, app: WSGIApplication, *, active: int) -> None:
         self._app = app
-        self._gate = threading.BoundedSemaphore(active)
+        # One token per request that may work; a request takes one, and gives it back.
+        # (A SimpleQueue waits in C: threading's semaphores cost a Condition per call.)
+        self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(active):
+            self._tokens.put(None)
+        self._stepping_out = _StepOut(self._tokens)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         environ["wsgi.input"] = _InputOutsideGate(environ["wsgi.input"], self._step_out)
         environ[STEP_OUT] = self._step_out
-        with self._gate:
+        self._tokens.get()
+        try:
             body: Any = self._app(environ, start_response)
             # Falcon answers with a list; anything lazier is drained inside the gate.
             return body if isinstance(body, list) else list(body)
-
-    @contextmanager
-    def _step_out(self) -> Iterator[None]:
-        self._gate.release()
-        try:
-            yield
         finally:
-            self._gate.acquire()
+            self._tokens.put(None)
+
+    def _step_out(self) -> _StepOut:
+        return self._stepping_out
+
+
+class _StepOut:
+    """Gives the request's token back for the block's duration, then waits for one."""
+
+    def __init__(self, tokens: queue.SimpleQueue[None]) -> None:
+        self._tokens = tokens
+
+    def __enter__(self) -> None:
+        self._tokens.put(None)
+
+    def __exit__(self, *exc: object) -> None:
+        self._tokens.get()
