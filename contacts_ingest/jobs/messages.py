@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import uuid
 from datetime import datetime
@@ -39,6 +40,9 @@ class CeleryMessages:
         self._queue = settings.celery_queue
         self.queue_key = f"{settings.redis_key_prefix}{settings.celery_queue}"
         self._origin = f"{os.getpid()}@{socket.gethostname()}"
+        # Where a result would be sent back: Celery too names one per producer (its
+        # app's oid), not per message; no one replies to these jobs.
+        self._reply_to = str(uuid.uuid4())
 
     def __call__(self, job: ContactJob) -> tuple[str, bytes, bytes]:
         """(queue key, message before the acceptance time, message after it) for
@@ -66,15 +70,21 @@ class CeleryMessages:
                 "stamped_headers": None, "stamps": {}, "request_id": job.request_id,
             },
             "properties": {
-                "correlation_id": job.job_id, "reply_to": str(uuid.uuid4()),
+                "correlation_id": job.job_id, "reply_to": self._reply_to,
                 "argsrepr": "()", "kwargsrepr": f"{{job_id: {job.job_id}}}",
                 "delivery_mode": 2,
                 "delivery_info": {"exchange": "", "routing_key": self._queue},
-                "priority": 0, "delivery_tag": str(uuid.uuid4()),
+                "priority": 0, "delivery_tag": _delivery_tag(),
             },
         }  # fmt: skip
         head, tail = json_bytes(message).split(_ACCEPTED_AT, 1)
         return self.queue_key, head, tail
+
+
+def _delivery_tag() -> str:
+    """A tag unique among the queue's unacknowledged messages (opaque to kombu): 128
+    bits from the process's own generator, which every forked process reseeds."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def json_bytes(value: Any) -> bytes:
