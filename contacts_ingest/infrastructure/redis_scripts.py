@@ -9,11 +9,15 @@ server decides at a script's first write command, as it always did.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import queue
 from collections.abc import Sequence
 from typing import Any
 from weakref import WeakKeyDictionary
 
 import redis
+from redis.exceptions import NoScriptError
 
 # The first Redis version that reads a script's flags line.
 FLAGS_SINCE = 7
@@ -32,12 +36,24 @@ def reads_flags(client: redis.Redis) -> bool:
 class RedisScript:
     """A script registered on ``client`` the first time it runs, with its flags line if
     the server reads it. Called like redis-py's ``Script`` (``client`` may be a
-    pipeline of the same server)."""
+    pipeline of the same server).
+
+    Called on its own (not in a pipeline), it runs on a connection of its own, made by
+    ``client``'s pool (so with the client's address, credentials, timeouts and retry
+    policy) and kept for the next call: one EVALSHA written and its reply read,
+    without the client's per-command layers, which cost a request to the gateway as
+    much CPU as the round trip itself. A server that lost the script (restarted, or a
+    new master) is given it again and the call repeated.
+    """
 
     def __init__(self, client: redis.Redis, text: str) -> None:
         self._client = client
         self._text = text
         self._script: Any = None
+        self._sha = ""
+        # Connections between calls, and the process they belong to (none survives a fork).
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pid = os.getpid()
 
     def __call__(
         self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None
@@ -47,4 +63,31 @@ class RedisScript:
             if text.startswith("#!") and not reads_flags(self._client):
                 text = text.split("\n", 1)[1]
             self._script = self._client.register_script(text)
-        return self._script(keys=keys, args=args, client=client)
+            self._sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 (Redis's name)
+        if client is not None:
+            return self._script(keys=keys, args=args, client=client)
+        connection = self._connection()
+        try:
+            return connection.retry.call_with_retry(
+                lambda: self._run(connection, keys, args), lambda _: connection.disconnect()
+            )
+        finally:
+            self._idle.put(connection)
+
+    def _connection(self) -> Any:  # a redis-py connection (its methods are untyped)
+        if self._pid != os.getpid():
+            self._idle, self._pid = queue.SimpleQueue(), os.getpid()
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self._client.connection_pool.make_connection()
+
+    def _run(self, connection: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        try:
+            return connection.read_response()
+        except NoScriptError:
+            connection.send_command("SCRIPT", "LOAD", self._script.script)
+            connection.read_response()
+            connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            return connection.read_response()
