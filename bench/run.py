@@ -12,7 +12,8 @@ load, service and floor).
 Each measurement is a module of its own, run here in order on one stack
 (``stack.py``): ``validation.py``, ``gateway.py`` (against its floor), ``worker.py``
 (the drain, the naive baseline and the persistence floor), ``upserts.py``,
-``end_to_end.py``. Adding one is a ``Step`` below and its rows in ``ROWS``.
+``end_to_end.py``, ``one_box.py`` (gateway and worker together). Adding one is a
+``Step`` below and its rows in ``ROWS``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import end_to_end, gateway, report, upserts, validation, worker
+from bench import end_to_end, gateway, one_box, report, upserts, validation, worker
 from bench.stack import FULL, QUICK, ROOT, Profile, RssSampler, Stack
 
 
@@ -70,6 +71,7 @@ STEPS = (
         lambda r: worker.persistence_floor(r.stack, r.profile),
     ),
     Step("end_to_end", "end to end", lambda r: end_to_end.measure(r.stack, r.profile, r.sampler)),
+    Step("one_box", "one box", lambda r: one_box.measure(r.stack, r.profile, r.sampler)),
 )
 
 # The table's rows, in its order.
@@ -77,6 +79,7 @@ ROWS: tuple[Callable[[dict[str, Any]], list[report.Row]], ...] = (
     gateway.rows,
     worker.rows,
     end_to_end.rows,
+    one_box.rows,
     report.rss_rows,
     worker.memory_rows,
     lambda results: validation.rows(results["validation"]),
@@ -98,6 +101,29 @@ def worker_only(profile: Profile) -> int:
     return 0
 
 
+def gateway_only(profile: Profile) -> int:
+    """The gateway against its floor, and the one box, for measuring a change to the
+    gateway before and after: their figures printed, nothing written."""
+    stack = Stack()
+    sampler = RssSampler()
+    try:
+        figures = {
+            "gateway": gateway.measure(stack, profile, sampler),
+            "one_box": one_box.measure(stack, profile, sampler),
+        }
+    finally:
+        sampler.close()
+        stack.close()
+    saturation = figures["gateway"]
+    print(json.dumps({
+        "service": saturation["service"]["saturation"],
+        "floor": saturation["floor"]["saturation"],
+        "one_box": figures["one_box"],
+        "gateway_rss_mib": sampler.peaks.get("gateway"),
+    }))  # fmt: skip
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="contacts-ingest benchmark")
     parser.add_argument("--quick", action="store_true", help="smaller and shorter (about 2 min)")
@@ -107,11 +133,19 @@ def main() -> int:
         action="store_true",
         help="only the worker drain (single and bulk jobs); print its figures, write nothing",
     )
+    parser.add_argument(
+        "--gateway-only",
+        action="store_true",
+        help="only the gateway against its floor, and the one box; print their figures,"
+        " write nothing",
+    )
     args = parser.parse_args()
     if args.worker_only:
         return worker_only(QUICK if args.quick else FULL)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk (or brew install wrk)")
+    if args.gateway_only:
+        return gateway_only(QUICK if args.quick else FULL)
     profile = QUICK if args.quick else FULL
     stack = Stack()
     sampler = RssSampler()
