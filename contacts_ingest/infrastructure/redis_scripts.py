@@ -42,8 +42,9 @@ class RedisScript:
     ``client``'s pool (so with the client's address, credentials, timeouts and retry
     policy) and kept for the next call: one EVALSHA written and its reply read,
     without the client's per-command layers, which cost a request to the gateway as
-    much CPU as the round trip itself. A server that lost the script (restarted, or a
-    new master) is given it again and the call repeated.
+    much CPU as the round trip itself. As with the pool, a connection the server closed
+    while it was idle is opened afresh before it is used; a server that lost the
+    script (restarted, or a new master) is given it again and the call repeated.
     """
 
     def __init__(self, client: redis.Redis, text: str) -> None:
@@ -78,9 +79,19 @@ class RedisScript:
         if self._pid != os.getpid():
             self._idle, self._pid = queue.SimpleQueue(), os.getpid()
         try:
-            return self._idle.get_nowait()
+            connection = self._idle.get_nowait()
         except queue.Empty:
-            return self._client.connection_pool.make_connection()
+            connection = self._client.connection_pool.make_connection()
+        # As the client's pool does at every checkout: a connection the server closed
+        # while it was idle (or one left with a reply unread) is opened afresh first.
+        connection.connect()
+        try:
+            if connection.can_read():
+                raise redis.ConnectionError("Connection has data")
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            connection.disconnect()
+            connection.connect()
+        return connection
 
     def _run(self, connection: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
