@@ -39,7 +39,12 @@ from typing import Any
 from celery import Celery, Task
 from kombu.utils.uuid import uuid
 
-from contacts_ingest.model.json_input import could_nest_deeper_than, nests_deeper_than
+from contacts_ingest.model.json_input import (
+    JsonRefused,
+    could_nest_deeper_than,
+    nests_deeper_than,
+    read_body,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +138,15 @@ def _first_argument(message: Any, max_depth: int) -> Any:
     ``Unreadable``. Never raises: it runs in the worker's main process, which a raised
     error would stop.
 
-    JSON bodies are read with the plain JSON decoder: kombu's turns objects shaped
-    like ``{"__type__": ..., "__value__": ...}`` into Python values (or refuses
-    them), and a job's body holds whatever a client sent.
+    JSON bodies are read as the gateway reads them (``read_body``: orjson, integers
+    exact), else with the standard library's decoder, not kombu's: kombu's turns
+    objects shaped like ``{"__type__": ..., "__value__": ...}`` into Python values (or
+    refuses them), and a job's body holds whatever a client sent.
     """
     try:
         if message.content_type == "application/json":
             body = message.body
-            payload = json.loads(body)
+            payload = _decoded(body)
             deep = could_nest_deeper_than(body, max_depth) and nests_deeper_than(payload, max_depth)
         else:
             payload = message.payload
@@ -153,6 +159,13 @@ def _first_argument(message: Any, max_depth: int) -> Any:
         return Unreadable(_task_id(message), "too deep")
     except Exception:
         return Unreadable(_task_id(message), "unreadable")
+
+
+def _decoded(body: str | bytes) -> Any:
+    try:
+        return read_body(body.encode() if isinstance(body, str) else body)
+    except JsonRefused:  # nested past orjson's limit, or JSON only the standard library reads
+        return json.loads(body)
 
 
 def run_in_pool(task_name: str, jobs: list[Any]) -> BatchOutcome:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from time import monotonic, sleep, time
@@ -92,23 +92,41 @@ class QoS(kombu_redis.QoS):
         # Delivery tags the take script already recorded as unacknowledged.
         self.recorded: set[str] = set()
         self._deferred: list[str] | None = None
-        self.sizes: dict[str, int] = {}
+        # Delivery tag -> bytes, of the messages in hand, and their sum.
+        self._sizes: dict[str, int] = {}
+        self._in_hand = 0
+
+    def measured(self, delivery_tag: str, size: int) -> None:
+        """Count ``size`` bytes in hand for a message about to be delivered."""
+        self._in_hand += size - self._sizes.get(delivery_tag, 0)
+        self._sizes[delivery_tag] = size
 
     def bytes_in_hand(self) -> int:
         """Bytes of the messages delivered and not yet settled (as stored in Redis when
         the take script took them, else their body)."""
-        settled = [tag for tag in self.sizes if tag not in self._delivered or tag in self._dirty]
-        for tag in settled:
-            del self.sizes[tag]
-        return sum(self.sizes.values())
+        self._settled(self._dirty)
+        # Messages leave kombu's books settled (dirty first) or restored all at once.
+        if len(self._sizes) > len(self._delivered):
+            self._settled([tag for tag in self._sizes if tag not in self._delivered])
+        return self._in_hand
+
+    def _settled(self, tags: Iterable[str]) -> None:
+        for tag in tags:
+            size = self._sizes.pop(tag, None)
+            if size is not None:
+                self._in_hand -= size
+
+    def _flush(self) -> None:
+        self._settled(self._dirty)  # kombu forgets these now
+        super()._flush()
 
     def can_consume(self) -> bool:
         return bool(super().can_consume()) and self.bytes_in_hand() < BYTES_IN_HAND
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        if delivery_tag not in self.sizes:  # the take script's messages come measured
+        if delivery_tag not in self._sizes:  # the take script's messages come measured
             body = getattr(message, "body", b"")
-            self.sizes[delivery_tag] = len(body) if isinstance(body, (bytes, str)) else 0
+            self.measured(delivery_tag, len(body) if isinstance(body, (bytes, str)) else 0)
         if delivery_tag in self.recorded:
             self.recorded.discard(delivery_tag)
             virtual.QoS.append(self, message, delivery_tag)  # in memory only: Redis has it
@@ -387,7 +405,7 @@ class Channel(kombu_redis.Channel):
         qos = self.qos
         if isinstance(qos, QoS) and queue not in self._no_ack_queues:
             qos.recorded.add(tag)
-            qos.sizes[tag] = len(raw)
+            qos.measured(tag, len(raw))
         self.connection._deliver(payload, queue)
 
 

@@ -178,6 +178,8 @@ def test_a_consumer_holds_a_bounded_number_of_bytes_not_just_of_messages(
         for message in received[:2]:
             message.ack()
     assert channel.qos.can_consume()
+    received[2].ack()
+    assert channel.qos.bytes_in_hand() == 0  # every message settled: nothing in hand
     channel.close()
 
 
