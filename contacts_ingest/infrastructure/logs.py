@@ -18,7 +18,7 @@ import traceback
 from contextlib import suppress
 from typing import Any
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 _CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
 _CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
@@ -153,7 +153,7 @@ class _WithoutStartupNoise(logging.Filter):
         )
 
 
-class _SafeJsonFormatter(JsonFormatter):
+class _SafeJsonFormatter(OrjsonFormatter):
     def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
         return format_exception(ei[1]) if ei and ei[1] is not None else ""
 
