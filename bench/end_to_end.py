@@ -15,8 +15,8 @@ def measure(stack: Stack, profile: Profile, sampler: RssSampler) -> dict[str, An
     user = f"bench-e2e-{stack.run}"
     key = stack.key(user)
     worker = stack.worker(sampler)
-    with gateway(stack, sampler) as url:
-        load = wrk(url, key, profile.e2e_seconds, 32, profile.e2e_rate, run="e2e")
+    with gateway(stack, sampler) as served:
+        load = wrk(served.url, key, profile.e2e_seconds, 32, profile.e2e_rate, run="e2e")
     accepted = load["requests"] - load["non_2xx"]
     deadline = time.monotonic() + profile.drain_timeout
     while True:

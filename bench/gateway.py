@@ -11,13 +11,13 @@ from typing import Any
 
 from bench.load import wrk
 from bench.report import ratio
-from bench.stack import GRANIAN, Profile, RssSampler, Stack, gateway
+from bench.stack import GRANIAN, Profile, RssSampler, Served, Stack, gateway
 from contacts_ingest.infrastructure.local_servers import free_port
 from contacts_ingest.infrastructure.scratch import wait_ready
 
 
 @contextmanager
-def floor(stack: Stack) -> Iterator[str]:
+def floor(stack: Stack) -> Iterator[Served]:
     port = free_port()
     process = stack.start([
         GRANIAN, "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
@@ -26,7 +26,7 @@ def floor(stack: Stack) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, process, ok_only=False)
     try:
-        yield url
+        yield Served(url, process.pid)
     finally:
         stack.stop(process)
 
@@ -35,16 +35,14 @@ def measure(stack: Stack, profile: Profile, sampler: RssSampler) -> dict[str, An
     """``{"service": ..., "floor": ...}``, each by load: ``saturation`` and each rate."""
     key = stack.key("bench-gateway")
     result: dict[str, Any] = {"service": {}, "floor": {}}
-    with gateway(stack, sampler) as url:
-        wrk(url, key, 2, 16)  # warm-up
-        result["service"]["saturation"] = wrk(url, key, profile.load_seconds, 32)
-        for rate in profile.rates:
-            result["service"][str(rate)] = wrk(url, key, profile.load_seconds, 32, rate)
-    with floor(stack) as url:
-        wrk(url, key, 2, 16)
-        result["floor"]["saturation"] = wrk(url, key, profile.load_seconds, 32)
-        for rate in profile.rates:
-            result["floor"][str(rate)] = wrk(url, key, profile.load_seconds, 32, rate)
+    for name, serving in (("service", gateway(stack, sampler)), ("floor", floor(stack))):
+        with serving as served:
+            wrk(served.url, key, 2, 16)  # warm-up
+            result[name]["saturation"] = wrk(
+                served.url, key, profile.load_seconds, 32, cpu_of=served.pid
+            )
+            for rate in profile.rates:
+                result[name][str(rate)] = wrk(served.url, key, profile.load_seconds, 32, rate)
     stack.redis.delete(f"{stack.prefix}floor", f"{stack.prefix}{stack.queue}")
     return result
 
@@ -67,6 +65,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"floor (LPUSH-only app, same server): {fsat['rps']:,.0f};"
             f" ratio {ratio(sat['rps'], fsat['rps'])}",
             "≥ 5,000; ≥ 0.6 of floor",
+        ),
+        (
+            "gateway: CPU per request at saturation (its processes, user and system)",
+            f"{sat.get('cpu_us_per_request', 0):,} µs",
+            f"floor: {fsat.get('cpu_us_per_request', 0):,} µs",
+            "",
         ),
         (
             "gateway: p50 / p99 at saturation",

@@ -20,8 +20,8 @@ def measure(stack: Stack, profile: Profile, sampler: RssSampler) -> dict[str, An
     key = stack.key(user)
     worker = stack.worker(sampler)
     try:
-        with gateway(stack, sampler) as url:
-            load = wrk(url, key, profile.load_seconds, 32, run="one-box")
+        with gateway(stack, sampler) as served:
+            load = wrk(served.url, key, profile.load_seconds, 32, run="one-box")
         # wrk counts the answers it read; a few more may have been accepted as it stopped.
         accepted = load["requests"] - load["non_2xx"]
         deadline = time.monotonic() + profile.drain_timeout

@@ -129,16 +129,24 @@ class Stack:
         self._scratch.close()
 
 
+@dataclass(frozen=True)
+class Served:
+    """A server under test: its base URL, and the pid of its process tree's root."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
-def gateway(stack: Stack, sampler: RssSampler) -> Iterator[str]:
-    """``contacts-ingest serve --workers 2`` on the stack, until the block ends: its URL."""
+def gateway(stack: Stack, sampler: RssSampler) -> Iterator[Served]:
+    """``contacts-ingest serve --workers 2`` on the stack, until the block ends."""
     port = free_port()
     process = stack.start([CLI, "serve", "--port", str(port), "--workers", "2"])
     url = f"http://127.0.0.1:{port}"
     wait_ready(f"{url}/healthz", process, ok_only=False)
     sampler.watch("gateway", process.pid)
     try:
-        yield url
+        yield Served(url, process.pid)
     finally:
         stack.stop(process)
 

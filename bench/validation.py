@@ -36,7 +36,6 @@ from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import psutil  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -241,15 +240,10 @@ def rows(figures: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
-def _tree_cpu_seconds(pid: int) -> float:
-    root = psutil.Process(pid)
-    return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
-
-
 def pipeline(tree: Path, bulk_jobs: int = 30) -> dict[str, Any]:
     """CPU of the worker per bulk contact and of the gateway per request, code of ``tree``."""
     # The benchmark's stack: its own database, prefix and queues.
-    from bench.load import wrk
+    from bench.load import cpu_seconds, wrk
     from bench.stack import RssSampler, Stack, gateway
     from bench.worker import drain_rate
 
@@ -259,7 +253,7 @@ def pipeline(tree: Path, bulk_jobs: int = 30) -> dict[str, Any]:
     try:
         worker = stack.worker()
         time.sleep(8)  # started and idle
-        before = _tree_cpu_seconds(worker.pid)
+        before = cpu_seconds(worker.pid)
         producer = ContactProducer(stack.settings())
         for b in range(bulk_jobs):
             producer.enqueue_batch(
@@ -267,15 +261,14 @@ def pipeline(tree: Path, bulk_jobs: int = 30) -> dict[str, Any]:
                 [{"email": f"b{b}-{i}@example.com", "firstName": "Batch"} for i in range(1000)],
             )
         jobs_per_s, finished = drain_rate(stack, "bench-batch", bulk_jobs, 600)
-        worker_cpu = _tree_cpu_seconds(worker.pid) - before
+        worker_cpu = cpu_seconds(worker.pid) - before
         stack.stop(worker)
         key = stack.key("bench-gateway")
-        with gateway(stack, sampler) as url:
-            wrk(url, key, 2, 16)  # warm-up
-            serve = stack.processes[-1].pid
-            before = _tree_cpu_seconds(serve)
-            load = wrk(url, key, 15, 32)
-            gateway_cpu = _tree_cpu_seconds(serve) - before
+        with gateway(stack, sampler) as served:
+            wrk(served.url, key, 2, 16)  # warm-up
+            before = cpu_seconds(served.pid)
+            load = wrk(served.url, key, 15, 32)
+            gateway_cpu = cpu_seconds(served.pid) - before
     finally:
         sampler.close()
         stack.close()
