@@ -38,6 +38,7 @@ from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import JobBoard, ShedReason
 from contacts_ingest.jobs.messages import json_bytes
 from contacts_ingest.jobs.status import FinalJobLister, FinalJobReader
+from contacts_ingest.model.documents import Error
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTT
     title = exc.title
     if title[:3].isdigit():  # Falcon's own titles start with the code: "405 Method Not Allowed"
         title = title[4:]
-    body: dict[str, Any] = {"error": exc.description or title}
+    body: Error = {"error": exc.description or title}
     problem_type = getattr(exc, "problem_type", None)
     if problem_type:
         body["type"] = problem_type

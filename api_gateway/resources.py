@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import falcon
 import orjson
@@ -40,7 +40,14 @@ from contacts_ingest.jobs.status import (
     us_from_datetime,
 )
 from contacts_ingest.model.contact import ContactInvalid, parse_batch, parse_contact
-from contacts_ingest.model.documents import FieldError
+from contacts_ingest.model.documents import (
+    FieldError,
+    Health,
+    JobAccepted,
+    JobList,
+    JobStatus,
+    Readiness,
+)
 from contacts_ingest.model.json_input import (
     DEPTH_MESSAGE,
     MAX_DEPTH,
@@ -314,7 +321,7 @@ class ContactIntake:
         resp: falcon.Response,
         user_id: str,
         job_id: str,
-        operation: str,
+        operation: Operation,
         *,
         respond_wait: int | None,
     ) -> None:
@@ -342,7 +349,10 @@ class ContactIntake:
                 final = self._waiter.final_within(req, user_id, job_id, wait)[1]
         if final is None:
             resp.status = falcon.HTTP_202
-            resp.media = {"data": {"job_id": job_id, "status": "queued", "operation": operation}}
+            accepted: JobAccepted = {
+                "data": {"job_id": job_id, "status": "queued", "operation": operation}
+            }
+            resp.media = accepted
             if applied == "respond-async":
                 resp.set_header("Preference-Applied", applied)
             return
@@ -501,7 +511,8 @@ class JobsResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         query = _listing_query(req)
         documents, more = list_jobs(self._board, self._final_jobs, req.context.user_id, **query)
-        resp.media = {"data": documents, "next_cursor": encode_cursor(more) if more else None}
+        listing: JobList = {"data": documents, "next_cursor": encode_cursor(more) if more else None}
+        resp.media = listing
 
     def on_get_item(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         user_id = req.context.user_id
@@ -520,7 +531,8 @@ class JobsResource:
         if document is None:
             # Another user's job is indistinguishable from one that does not exist.
             raise falcon.HTTPNotFound(description="Job not found")
-        resp.media = {"data": document}
+        answer: JobStatus = {"data": document}
+        resp.media = answer
 
 
 MAX_PAGE = 100
@@ -589,7 +601,8 @@ class HealthResource:
     public = True
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"status": "ok"}
+        health: Health = {"status": "ok"}
+        resp.media = health
 
 
 class OpenApiResource:
@@ -626,7 +639,7 @@ class ReadyResource:
         self._shedding = shedding
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        results: dict[str, str] = {}
+        results: dict[str, Literal["ok", "unavailable"]] = {}
         for name, check in self._checks.items():
             try:
                 check()
@@ -635,12 +648,15 @@ class ReadyResource:
                 log.warning("readiness check %s failed: %s", name, type(exc).__name__)
                 results[name] = "unavailable"
         ready = all(v == "ok" for v in results.values())
-        admission: str
+        admission: ShedReason | Literal["ok", "unavailable"]
         try:
             admission = self._shedding() or "ok"
         except Exception as exc:
             log.warning("readiness check admission failed: %s", type(exc).__name__)
             admission = "unavailable"
-        status = ("ready" if admission == "ok" else "shedding") if ready else "unavailable"
+        status: Literal["ready", "shedding", "unavailable"] = (
+            ("ready" if admission == "ok" else "shedding") if ready else "unavailable"
+        )
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
-        resp.media = {"status": status, "checks": results, "admission": admission}
+        readiness: Readiness = {"status": status, "checks": results, "admission": admission}
+        resp.media = readiness
