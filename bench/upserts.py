@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -158,6 +159,33 @@ def _wait_ready(stack: Stack) -> None:
         time.sleep(0.1)
 
 
+class _HighWaterMark:
+    """The peak RSS of a running process as its kernel counts it since its exec
+    (``VmHWM``), read until it exits. (``wait4``'s ``ru_maxrss`` would report this
+    benchmark's own RSS instead when that is larger: a forked child starts from it.)"""
+
+    def __init__(self, pid: int) -> None:
+        self.kib = 0
+        self._status = Path(f"/proc/{pid}/status")
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.1):
+            try:
+                text = self._status.read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.kib = max(self.kib, int(line.split()[1]))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def _timed_import(stack: Stack, path: Path, user: str, *, upsert: bool) -> dict[str, Any]:
     args = [CLI, "import", str(path), "--user", user, *(["--upsert"] if upsert else [])]
     started = time.perf_counter()
@@ -165,9 +193,11 @@ def _timed_import(stack: Stack, path: Path, user: str, *, upsert: bool) -> dict[
         args, env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
     assert process.stdout is not None
+    peak = _HighWaterMark(process.pid)
     summary = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    _, status, _ = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - started
+    peak.stop()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         raise SystemExit(f"import failed ({process.returncode}): {summary}")
@@ -180,7 +210,7 @@ def _timed_import(stack: Stack, path: Path, user: str, *, upsert: bool) -> dict[
     return {
         "rows_per_s": round(rows / elapsed, 1),
         "seconds": round(elapsed, 1),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+        "peak_rss_mib": round(peak.kib / 1024, 1),
         **counts,
     }
 
