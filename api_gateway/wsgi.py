@@ -8,8 +8,6 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-import redis
-
 from api_gateway.app import GatewayDeps, create_app
 from api_gateway.gate import ActiveRequests
 from api_gateway.waiting import CompletionListener
@@ -17,6 +15,7 @@ from contacts_ingest.access.keys import KeyResolver
 from contacts_ingest.access.webhooks import WebhookVerifier
 from contacts_ingest.infrastructure.database import make_engine
 from contacts_ingest.infrastructure.logs import configure_logging
+from contacts_ingest.infrastructure.redis_clients import redis_client
 from contacts_ingest.infrastructure.schema import require_current_schema
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import JobBoard
@@ -29,8 +28,8 @@ if TYPE_CHECKING:
 def build_app(settings: Settings | None = None) -> WSGIApplication:
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
+    client = redis_client(
+        settings, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
     )
     engine = make_engine(settings.database_url, read_only=True)
     board = JobBoard.for_settings(client, settings)
@@ -49,9 +48,7 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
         webhooks=WebhookVerifier(engine, ttl=settings.key_cache_ttl_seconds),
         # Its own connection, without a read timeout: it mostly waits for messages.
         completions=CompletionListener(
-            redis.Redis.from_url(
-                settings.redis_url, socket_connect_timeout=2, health_check_interval=30
-            ),
+            redis_client(settings, socket_connect_timeout=2, health_check_interval=30),
             board.completion_pattern(),
         ),
     )

@@ -49,6 +49,16 @@ class JobsShed(Exception):
         self.reason: ShedReason = reason
 
 
+class NotReplicated(Exception):
+    """The job was admitted, but fewer replicas than ``REDIS_MIN_REPLICAS_ACK`` confirmed
+    it in time: it may be queued, or lost if the master fails now. A retry with the
+    same Idempotency-Key is safe (it is answered as a replay if the job is queued)."""
+
+    def __init__(self, job_id: str, wanted: int, acknowledged: int) -> None:
+        super().__init__(f"job {job_id}: {acknowledged} of {wanted} replica(s) confirmed it")
+        self.job_id = job_id
+
+
 @dataclass(frozen=True, slots=True)
 class Idempotency:
     """A request's Idempotency-Key (already hashed) and the fingerprint of its content."""
@@ -98,6 +108,8 @@ class JobBoard:
         record_ttl_seconds: int,
         max_queued_jobs: int = 0,
         callback_ttl_seconds: int = 2 * 24 * 3600,
+        min_replicas_ack: int = 0,
+        replicas_ack_timeout_ms: int = 1000,
     ) -> None:
         self._redis = client
         self._messages = messages
@@ -105,6 +117,8 @@ class JobBoard:
         self._ttl = record_ttl_seconds
         self._max_queued = max_queued_jobs
         self._callback_ttl = callback_ttl_seconds
+        self._min_replicas = min_replicas_ack
+        self._replicas_timeout_ms = replicas_ack_timeout_ms
         self._admit = RedisScript(client, _script("admit"))
         self._admit_readonly = RedisScript(client, _script("admit_readonly"))
         self._requeue = RedisScript(client, _script("requeue"))
@@ -123,6 +137,8 @@ class JobBoard:
             max_queued_jobs=settings.max_queued_jobs,
             # A callback outlives its retries by a day, then nothing of it is left.
             callback_ttl_seconds=settings.callback_retry_window_seconds + 24 * 3600,
+            min_replicas_ack=settings.redis_min_replicas_ack,
+            replicas_ack_timeout_ms=settings.redis_replicas_ack_timeout_ms,
         )
 
     def record_key(self, job_id: str) -> str:
@@ -164,38 +180,54 @@ class JobBoard:
         the queue holds ``max_queued_jobs`` already or Redis is over maxmemory; a
         replay is answered even then. Over maxmemory nothing is counted at all: a
         refused request gets its verdict (reused key, over the limit) uncounted.
+
+        With ``min_replicas_ack`` of 1 or more, a new job (or the replay of one) counts
+        as admitted only once that many replicas have it (WAIT, in the admission's round
+        trip); else ``NotReplicated`` is raised (the job may still be queued).
         """
         writes, window = limit if limit else (0, 0)
         queue, head, tail = self._messages(job) if job else ("", b"", b"")
         idempotency_key = self.idempotency_key(user_id, idempotency.key_hash) if idempotency else ""
         fingerprint = idempotency.fingerprint if idempotency else ""
         try:
-            answer = self._admit(
-                keys=[
-                    self.quota_key(user_id, quota),
-                    self.record_key(job.job_id if job else ""),
-                    idempotency_key,
-                    queue,
-                    self.pending_index_key(user_id),
-                ],
-                args=[
-                    "1" if limit else "0",
-                    writes,
-                    window * 1_000_000,
-                    member,
-                    "1" if job else "0",
-                    user_id,
-                    job.operation if job else "create",
-                    self._ttl,
-                    fingerprint,
-                    IDEMPOTENCY_TTL_SECONDS,
-                    head,
-                    tail,
-                    callback.owner if callback else "",
-                    callback.lane if callback else "",
-                    self._max_queued,
-                ],
-            )
+            keys = [
+                self.quota_key(user_id, quota),
+                self.record_key(job.job_id if job else ""),
+                idempotency_key,
+                queue,
+                self.pending_index_key(user_id),
+            ]
+            args = [
+                "1" if limit else "0",
+                writes,
+                window * 1_000_000,
+                member,
+                "1" if job else "0",
+                user_id,
+                job.operation if job else "create",
+                self._ttl,
+                fingerprint,
+                IDEMPOTENCY_TTL_SECONDS,
+                head,
+                tail,
+                callback.owner if callback else "",
+                callback.lane if callback else "",
+                self._max_queued,
+            ]
+            if job is not None and self._min_replicas:
+                answer, acknowledged = self._admit.replicated(
+                    keys,
+                    args,
+                    replicas=self._min_replicas,
+                    timeout_ms=self._replicas_timeout_ms,
+                    probe=f"{self._prefix}replicated",
+                )
+                # A new job, or the replay of one, needs the replicas' word; a refusal not.
+                if answer[0] in (1, 2) and acknowledged < self._min_replicas:
+                    admitted = answer[4].decode() if answer[0] == 2 else job.job_id
+                    raise NotReplicated(admitted, self._min_replicas, acknowledged)
+            else:
+                answer = self._admit(keys=keys, args=args)
             shed: ShedReason = "queue full"
         except redis.exceptions.OutOfMemoryError:
             # Refused whole, before it ran: nothing was counted or written.

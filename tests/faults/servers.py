@@ -11,12 +11,16 @@ import os
 import pwd
 import subprocess
 import tempfile
+import time
 from pathlib import Path
+
+import redis
 
 from contacts_ingest.infrastructure.local_servers import (
     PostgresBinaries,
     RedisBinaries,
     RedisServer,
+    ServerUnavailable,
     free_port,
     postgres_system_user,
 )
@@ -71,10 +75,14 @@ class PrivatePostgres:
 
 
 class PrivateRedis(RedisServer):
-    """A Redis server with its append-only file fsynced on every write."""
+    """A Redis server with its append-only file fsynced on every write; with
+    ``replica_of`` (a port on loopback), a replica of that master."""
 
-    def __init__(self, binaries: RedisBinaries, root: Path) -> None:
-        super().__init__(binaries, root / "redis", appendfsync="always")
+    def __init__(
+        self, binaries: RedisBinaries, root: Path, *, name: str = "redis", replica_of: int = 0
+    ) -> None:
+        config = [f"replicaof 127.0.0.1 {replica_of}"] if replica_of else []
+        super().__init__(binaries, root / name, appendfsync="always", config=config)
 
     def stop(self) -> None:
         self.kill()
@@ -85,3 +93,62 @@ def temp_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="contacts-faults-"))
     root.chmod(0o755)
     return root
+
+
+class PrivateSentinel:
+    """A Redis Sentinel (``redis-server --sentinel``) of its own on a free port, watching
+    the master ``name``; it rewrites its configuration file, kept in its own folder.
+    Quick to judge, for a test: a master silent for ``down_after_ms`` is down, and a
+    failover that stalls is tried again after ``failover_timeout_ms``."""
+
+    def __init__(
+        self,
+        binaries: RedisBinaries,
+        data_dir: Path,
+        *,
+        name: str,
+        master_port: int,
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
+    ) -> None:
+        self.binaries = binaries
+        self.dir = data_dir.resolve()
+        self.port = free_port()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "sentinel.conf"
+        self.conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"logfile {self.dir / 'sentinel.log'}\n"
+            f"sentinel monitor {name} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+            f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        self.process = subprocess.Popen(
+            [str(self.binaries.server), str(self.conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_timeout=2)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.ping()
+                client.close()
+                return
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise ServerUnavailable(
+                        f"sentinel did not start; see {self.dir / 'sentinel.log'}"
+                    ) from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

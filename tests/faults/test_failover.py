@@ -1,0 +1,217 @@
+"""A machine is lost: the Redis master under Sentinel, or the PostgreSQL primary with a
+synchronous standby. The service finds the promoted server without a restart and keeps
+its guarantees (the audit of every fault test)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+import redis
+
+from contacts_ingest.infrastructure.redis_clients import redis_client
+from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.producer import ContactProducer
+from tests.conftest import unique
+from tests.e2e.conftest import create_key, service_env
+from tests.faults.conftest import VISIBILITY_TIMEOUT, Scenario, Servers, binaries, wait_until
+from tests.faults.servers import PrivateRedis, PrivateSentinel, temp_root
+from tests.faults.test_server_restarts import SteadyLoad
+
+pytestmark = pytest.mark.faults
+
+MASTER_NAME = "contacts"
+
+
+@dataclass
+class SentinelRedis:
+    """A master, two replicas (one keeps confirming writes once the other is promoted)
+    and three sentinels, each on a free port of loopback."""
+
+    master: PrivateRedis
+    replicas: list[PrivateRedis]
+    sentinels: list[PrivateSentinel]
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+
+    def master_port(self) -> int:
+        """The master's port, as the first sentinel that answers names it."""
+        for sentinel in self.sentinels:
+            try:
+                _, port = ask(sentinel.port, "SENTINEL GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
+                return int(port)
+            except (redis.RedisError, TypeError):
+                continue
+        raise AssertionError("no sentinel answers")
+
+    def settled(self) -> bool:
+        """Every sentinel knows the others and both replicas, and they are in sync."""
+        for sentinel in self.sentinels:
+            state = ask(sentinel.port, "SENTINEL MASTER", MASTER_NAME)
+            if state["num-other-sentinels"] < 2 or state["num-slaves"] < 2:
+                return False
+        info = ask(self.master_port(), "INFO", "replication")
+        return sum(1 for key in info if key.startswith("slave") and key[5:].isdigit()) == 2
+
+
+def ask(port: int, *command: str) -> Any:
+    """One command to the server (or sentinel) on ``port``, over a connection of its own."""
+    with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as client:
+        return client.execute_command(*command)
+
+
+@pytest.fixture
+def sentinel_redis() -> Iterator[SentinelRedis]:
+    root = temp_root()
+    redis_binaries = binaries()[1]
+    master = PrivateRedis(redis_binaries, root, name="master")
+    started: list[PrivateRedis | PrivateSentinel] = []
+    try:
+        master.start()
+        started.append(master)
+        replicas = [
+            PrivateRedis(redis_binaries, root, name=f"replica{i}", replica_of=master.port)
+            for i in (1, 2)
+        ]
+        for replica in replicas:
+            replica.start()
+            started.append(replica)
+        sentinels = [
+            PrivateSentinel(
+                redis_binaries, root / f"sentinel{i}", name=MASTER_NAME, master_port=master.port
+            )
+            for i in (1, 2, 3)
+        ]
+        for sentinel in sentinels:
+            sentinel.start()
+            started.append(sentinel)
+        servers = SentinelRedis(master, replicas, sentinels)
+        wait_until(servers.settled, "the sentinels did not find each other and the replicas")
+        yield servers
+    finally:
+        for server in reversed(started):
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def sentinel_scenario(
+    servers: Servers, redis_servers: SentinelRedis, min_replicas_ack: int
+) -> Scenario:
+    queue = unique("failover")
+    settings = servers.settings.model_copy(
+        update={
+            "redis_url": "redis://127.0.0.1:1/0",  # under Sentinel, host and port are unused
+            "redis_sentinels": redis_servers.addresses,
+            "redis_sentinel_master": MASTER_NAME,
+            "redis_min_replicas_ack": min_replicas_ack,
+            "celery_queue": queue,
+        }
+    )
+    env = service_env(
+        settings,
+        CELERY_QUEUE=queue,
+        CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
+        RETRY_BACKOFF_SECONDS="1",
+        RETRY_BACKOFF_MAX_SECONDS="1",
+        REDIS_SENTINELS=redis_servers.addresses,
+        REDIS_SENTINEL_MASTER=MASTER_NAME,
+        REDIS_MIN_REPLICAS_ACK=str(min_replicas_ack),
+    )
+    client = redis_client(settings, socket_timeout=5)
+    return Scenario(
+        servers=replace(servers, redis=redis_servers.master, settings=settings),
+        queue=queue,
+        user=unique("user"),
+        env=env,
+        producer=ContactProducer(settings),
+        board=JobBoard.for_settings(client, settings),
+        redis=client,
+    )
+
+
+def master_killed_under_load(
+    scenario: Scenario, redis_servers: SentinelRedis
+) -> tuple[SteadyLoad, float]:
+    """Post steadily; SIGKILL the master; go on until 202s come after the promotion.
+    Returns the load and when the master was killed."""
+    scenario.worker("w")
+    _, base = scenario.gateway()
+    load = SteadyLoad(base, {"Authorization": f"Bearer {create_key(scenario.env, scenario.user)}"})
+    old = redis_servers.master.port
+    with load.running():
+        wait_until(lambda: len(load.accepted()) >= 50, "the gateway accepted too little")
+        redis_servers.master.kill()
+        killed_at = time.monotonic()
+        wait_until(lambda: redis_servers.master_port() != old, "Sentinel promoted no replica")
+        promoted = time.monotonic()
+        wait_until(
+            lambda: any(a.code == 202 and a.started > promoted for a in load.answers),
+            "the gateway accepted nothing after the promotion",
+        )
+        wait_until(
+            lambda: len([a for a in load.answers if a.code == 202 and a.started > promoted]) >= 25,
+            "the gateway accepted too little after the promotion",
+        )
+    assert {a.code for a in load.answers} <= {202, 503, None}
+    return load, killed_at
+
+
+def test_with_one_replica_confirming_a_killed_master_loses_no_accepted_job(
+    servers: Servers, sentinel_redis: SentinelRedis
+) -> None:
+    scenario = sentinel_scenario(servers, sentinel_redis, min_replicas_ack=1)
+    try:
+        load, killed_at = master_killed_under_load(scenario, sentinel_redis)
+        accepted = load.accepted()
+        scenario.wait_drained(list(accepted), timeout=60)
+        scenario.audit(dict.fromkeys(accepted, 201), {email: 1 for email in accepted.values()})
+        record_failover(load, [], killed_at, "REDIS_MIN_REPLICAS_ACK=1")
+    finally:
+        scenario.stop_all()
+
+
+def test_without_confirmation_a_killed_master_loses_at_most_its_last_writes(
+    servers: Servers, sentinel_redis: SentinelRedis
+) -> None:
+    scenario = sentinel_scenario(servers, sentinel_redis, min_replicas_ack=0)
+    try:
+        load, killed_at = master_killed_under_load(scenario, sentinel_redis)
+        accepted = load.accepted()
+
+        def settled() -> bool:
+            # Every accepted job is final, or gone from Redis altogether (lost with the
+            # master): nothing of it left to finish.
+            finished = scenario.final_rows(list(accepted))
+            return scenario.in_flight() == 0 and all(
+                job_id in finished or scenario.board.pending(job_id) is None for job_id in accepted
+            )
+
+        wait_until(settled, lambda: f"jobs still in flight: {scenario.broker_state()}", 60)
+        finished = scenario.final_rows(list(accepted))
+        lost = [job_id for job_id in accepted if job_id not in finished]
+        survivors = {job_id: accepted[job_id] for job_id in accepted if job_id in finished}
+        scenario.audit(dict.fromkeys(survivors, 201), {e: 1 for e in survivors.values()})
+        record_failover(load, lost, killed_at, "REDIS_MIN_REPLICAS_ACK=0")
+    finally:
+        scenario.stop_all()
+
+
+def record_failover(load: SteadyLoad, lost: list[str], killed_at: float, how: str) -> None:
+    """Print what the failover cost (for the README's figures; run with -s to see it)."""
+    before = [a.ended for a in load.answers if a.code == 202 and a.started < killed_at]
+    after = [a.ended for a in load.answers if a.code == 202 and a.started > killed_at]
+    figure = {
+        "accepted": len(load.accepted()),
+        "lost": len(lost),
+        "refused_503": sum(1 for a in load.answers if a.code == 503),
+        "no_answer": sum(1 for a in load.answers if a.code is None),
+        "seconds_without_202": round(min(after) - max(before), 2),
+    }
+    print(f"\nRedis failover, {how}: {json.dumps(figure)}")
