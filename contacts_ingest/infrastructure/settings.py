@@ -9,6 +9,7 @@ import os
 import re
 from functools import cached_property
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,12 +59,23 @@ def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
 def sqlalchemy_url(url: str) -> str:
     """Return ``url`` with the psycopg 3 driver named, as SQLAlchemy needs it.
 
-    Operators write plain ``postgresql://`` URLs (the form psql and libpq use).
+    Operators write plain ``postgresql://`` URLs (the form psql and libpq use), with
+    several hosts if they like (``postgres@db-a:5432,db-b:5432/contacts?
+    target_session_attrs=read-write``, libpq's multi-host form): SQLAlchemy reads
+    those as ``host`` parameters, which it hands to libpq as they were.
     """
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):
-            return "postgresql+psycopg://" + url[len(plain) :]
-    return url
+            url = "postgresql+psycopg://" + url[len(plain) :]
+            break
+    scheme, _, rest = url.partition("://")
+    authority, _, path = rest.partition("/")
+    user, at, hosts = authority.rpartition("@")
+    if "," not in hosts:
+        return url
+    database, _, query = path.partition("?")
+    given = "".join(f"host={quote(host, safe='[]:')}&" for host in hosts.split(",") if host)
+    return f"{scheme}://{user}{at}/{database}?{given}{query}".rstrip("&")
 
 
 class Settings(BaseSettings):

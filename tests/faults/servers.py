@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import redis
 
 from contacts_ingest.infrastructure.local_servers import (
@@ -28,18 +29,36 @@ from contacts_ingest.infrastructure.local_servers import (
 
 class PrivatePostgres:
     """A PostgreSQL cluster of its own; durable settings as in production (fsync,
-    synchronous_commit on)."""
+    synchronous_commit on). With ``standby_of``, a streaming standby of that (running)
+    server, copied from it by pg_basebackup."""
 
-    def __init__(self, binaries: PostgresBinaries, root: Path) -> None:
+    def __init__(
+        self,
+        binaries: PostgresBinaries,
+        root: Path,
+        *,
+        name: str = "pgdata",
+        standby_of: PrivatePostgres | None = None,
+    ) -> None:
         self.binaries = binaries
         self.root = root
-        self.data = root / "pgdata"
+        self.data = root / name
         self.port = free_port()
         self.run_as = postgres_system_user()
         if self.run_as:
             entry = pwd.getpwnam(self.run_as)
             os.chown(root, entry.pw_uid, entry.pw_gid)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        if standby_of is None:
+            self._run(
+                "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+            )
+        else:
+            # -R: it starts as a standby, streaming from its primary; -c fast: the copy
+            # starts at once, not after a checkpoint spread over minutes.
+            self._run(
+                "pg_basebackup", "-D", str(self.data), "-h", "127.0.0.1",
+                "-p", str(standby_of.port), "-U", "postgres", "-R", "-X", "stream", "-c", "fast",
+            )  # fmt: skip
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(
                 f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
@@ -72,6 +91,27 @@ class PrivatePostgres:
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def kill(self) -> None:
+        """SIGKILL the server and every process of it at once, as if its machine died."""
+        postmaster = psutil.Process(int((self.data / "postmaster.pid").read_text().split()[0]))
+        family = [postmaster, *postmaster.children(recursive=True)]
+        for process in family:
+            process.kill()
+        psutil.wait_procs(family, timeout=10)
+
+    def wait_for_a_standby(self) -> None:
+        """From now on, commit only once a standby (any one) has the commit too."""
+        self._run(
+            "psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+            "-c", "ALTER SYSTEM SET synchronous_standby_names = '*'",
+            "-c", "SELECT pg_reload_conf()",
+        )  # fmt: skip
+
+    def promote(self) -> None:
+        """Make the standby a primary (what Patroni or an operator does); returns once
+        it accepts writes."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "promote")
 
 
 class PrivateRedis(RedisServer):

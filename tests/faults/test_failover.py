@@ -6,21 +6,26 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import text
 
+from contacts_ingest.infrastructure.database import make_engine
+from contacts_ingest.infrastructure.migrate import upgrade
 from contacts_ingest.infrastructure.redis_clients import redis_client
 from contacts_ingest.jobs.board import JobBoard
 from contacts_ingest.producer import ContactProducer
 from tests.conftest import unique
 from tests.e2e.conftest import create_key, service_env
 from tests.faults.conftest import VISIBILITY_TIMEOUT, Scenario, Servers, binaries, wait_until
-from tests.faults.servers import PrivateRedis, PrivateSentinel, temp_root
+from tests.faults.servers import PrivatePostgres, PrivateRedis, PrivateSentinel, temp_root
 from tests.faults.test_server_restarts import SteadyLoad
 
 pytestmark = pytest.mark.faults
@@ -215,3 +220,107 @@ def record_failover(load: SteadyLoad, lost: list[str], killed_at: float, how: st
         "seconds_without_202": round(min(after) - max(before), 2),
     }
     print(f"\nRedis failover, {how}: {json.dumps(figure)}")
+
+
+@dataclass
+class StandbyPostgres:
+    """A primary that commits only once its standby has the commit, and that standby."""
+
+    primary: PrivatePostgres
+    standby: PrivatePostgres
+
+    @property
+    def url(self) -> str:
+        """Both, in libpq's multi-host form: whichever takes writes is the one used."""
+        return (
+            f"postgresql://postgres@127.0.0.1:{self.primary.port},127.0.0.1:{self.standby.port}"
+            "/contacts?target_session_attrs=read-write"
+        )
+
+    def synchronous(self) -> bool:
+        engine = make_engine(self.primary.url.replace("/contacts", "/postgres"), pool_size=1)
+        try:
+            with engine.connect() as conn:
+                states = conn.execute(text("SELECT sync_state FROM pg_stat_replication"))
+                return list(states.scalars()) == ["sync"]
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def standby_postgres() -> Iterator[StandbyPostgres]:
+    root = temp_root()
+    postgres_binaries = binaries()[0]
+    primary = PrivatePostgres(postgres_binaries, root, name="primary")
+    started: list[PrivatePostgres] = []
+    try:
+        primary.start()
+        started.append(primary)
+        upgrade(primary.url)  # before the copy, so the standby starts with the schema
+        standby = PrivatePostgres(postgres_binaries, root, name="standby", standby_of=primary)
+        standby.start()
+        started.append(standby)
+        primary.wait_for_a_standby()
+        pair = StandbyPostgres(primary, standby)
+        wait_until(pair.synchronous, "the standby did not become synchronous")
+        yield pair
+    finally:
+        for server in started:
+            with suppress(subprocess.CalledProcessError):  # the killed one is down already
+                server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_primary_killed_and_its_synchronous_standby_promoted_fail_and_lose_nothing(
+    servers: Servers, standby_postgres: StandbyPostgres
+) -> None:
+    queue = unique("pg-failover")
+    settings = servers.settings.model_copy(
+        update={"database_url": standby_postgres.url, "celery_queue": queue}
+    )
+    engine = make_engine(standby_postgres.url, pool_size=2)
+    env = service_env(
+        settings,
+        CELERY_QUEUE=queue,
+        CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
+        RETRY_BACKOFF_SECONDS="1",
+        RETRY_BACKOFF_MAX_SECONDS="1",
+    )
+    client = redis.Redis.from_url(settings.redis_url)
+    scenario = Scenario(
+        servers=replace(servers, postgres=standby_postgres.primary, engine=engine),
+        queue=queue,
+        user=unique("user"),
+        env=env,
+        producer=ContactProducer(settings),
+        board=JobBoard.for_settings(client, settings),
+        redis=client,
+    )
+    try:
+        scenario.worker("w")
+        _, base = scenario.gateway()
+        auth = {"Authorization": f"Bearer {create_key(env, scenario.user)}"}
+        load = SteadyLoad(base, auth)
+        with load.running():
+            wait_until(lambda: scenario.finished(list(load.accepted())) >= 50, "nothing finished")
+            committed_before = set(scenario.final_rows(list(load.accepted())))
+            standby_postgres.primary.kill()
+            time.sleep(1)  # the workers meet the dead primary before there is another
+            standby_postgres.standby.promote()
+            promoted = time.monotonic()
+            wait_until(
+                lambda: (
+                    sum(1 for a in load.answers if a.code == 202 and a.started > promoted) >= 25
+                ),
+                "the gateway accepted too little after the promotion",
+            )
+        accepted = load.accepted()
+        # The gateway reads PostgreSQL only for keys, which it caches: it kept accepting.
+        assert {a.code for a in load.answers} <= {202, 503, None}
+        scenario.wait_drained(list(accepted), timeout=60)
+        # Every commit the dead primary confirmed is on the promoted standby.
+        assert committed_before <= set(scenario.final_rows(list(accepted)))
+        scenario.audit(dict.fromkeys(accepted, 201), {email: 1 for email in accepted.values()})
+    finally:
+        scenario.stop_all()
+        engine.dispose()
