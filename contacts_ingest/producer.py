@@ -40,7 +40,9 @@ class ContactProducer:
 
         ``contact`` is the request body as the HTTP API takes it. Nothing is
         validated here: the worker does, and records a 400 failure if it must. Raises
-        ``JobsShed`` (nothing enqueued) while admissions are shed.
+        ``JobsShed`` (nothing enqueued) while admissions are shed, and, with
+        ``REDIS_MIN_REPLICAS_ACK``, ``NotReplicated`` (naming the job, which may be
+        queued) if the replicas did not confirm it in time.
         """
         return self._enqueue(user_id, contact, upsert=upsert, request_id=request_id)
 
