@@ -20,7 +20,8 @@ from sqlalchemy import text
 from contacts_ingest.infrastructure.database import make_engine
 from contacts_ingest.infrastructure.migrate import upgrade
 from contacts_ingest.infrastructure.redis_clients import redis_client
-from contacts_ingest.jobs.board import JobBoard
+from contacts_ingest.jobs.board import JobBoard, NotReplicated
+from contacts_ingest.jobs.job import ContactJob, new_job_id
 from contacts_ingest.producer import ContactProducer
 from tests.conftest import unique
 from tests.e2e.conftest import create_key, service_env
@@ -324,3 +325,41 @@ def test_the_primary_killed_and_its_synchronous_standby_promoted_fail_and_lose_n
     finally:
         scenario.stop_all()
         engine.dispose()
+
+
+@pytest.mark.parametrize("min_replicas_ack", [0, 1])
+def test_a_promoted_server_that_never_saw_the_scripts_runs_them(
+    servers: Servers, min_replicas_ack: int
+) -> None:
+    # A replica promoted by Sentinel may not have the scripts the old master had loaded:
+    # Redis answers NOSCRIPT, and the board loads them there and runs them again.
+    root = temp_root()
+    server = PrivateRedis(binaries()[1], root, name="fresh")
+    server.start()
+    try:
+        settings = servers.settings.model_copy(
+            update={
+                "redis_url": server.url,
+                "redis_min_replicas_ack": min_replicas_ack,
+                "redis_replicas_ack_timeout_ms": 10,
+                "celery_queue": unique("noscript"),
+            }
+        )
+        client = redis.Redis.from_url(server.url)
+        board = JobBoard.for_settings(client, settings)
+        user = unique("user")
+        job_ids = []
+        for _ in range(2):
+            job = ContactJob(new_job_id(), user, "create", {"email": "a@b.example"}, 0)
+            job_ids.append(job.job_id)
+            try:
+                board.admit(user_id=user, member=job.job_id, job=job, limit=(10, 60))
+            except NotReplicated:  # no replica here: not confirmed, but admitted
+                assert min_replicas_ack
+            client.script_flush()
+        assert [board.pending(job_id) is not None for job_id in job_ids] == [True, True]
+        assert client.llen(f"{settings.redis_key_prefix}{settings.celery_queue}") == 2
+        assert board.start_many(job_ids) == [1, 1]  # a pipeline of scripts, reloaded too
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
