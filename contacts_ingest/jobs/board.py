@@ -11,9 +11,11 @@ worker runs to finish jobs always does, so workers can drain a Redis that sheds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 
@@ -189,45 +191,36 @@ class JobBoard:
         queue, head, tail = self._messages(job) if job else ("", b"", b"")
         idempotency_key = self.idempotency_key(user_id, idempotency.key_hash) if idempotency else ""
         fingerprint = idempotency.fingerprint if idempotency else ""
+        admit: Callable[..., Any] = self._admit
+        if job is not None and self._min_replicas:  # admitted once replicas have it
+            admit = partial(self._admit_confirmed, job.job_id)
         try:
-            keys = [
-                self.quota_key(user_id, quota),
-                self.record_key(job.job_id if job else ""),
-                idempotency_key,
-                queue,
-                self.pending_index_key(user_id),
-            ]
-            args = [
-                "1" if limit else "0",
-                writes,
-                window * 1_000_000,
-                member,
-                "1" if job else "0",
-                user_id,
-                job.operation if job else "create",
-                self._ttl,
-                fingerprint,
-                IDEMPOTENCY_TTL_SECONDS,
-                head,
-                tail,
-                callback.owner if callback else "",
-                callback.lane if callback else "",
-                self._max_queued,
-            ]
-            if job is not None and self._min_replicas:
-                answer, acknowledged = self._admit.replicated(
-                    keys,
-                    args,
-                    replicas=self._min_replicas,
-                    timeout_ms=self._replicas_timeout_ms,
-                    probe=f"{self._prefix}replicated",
-                )
-                # A new job, or the replay of one, needs the replicas' word; a refusal not.
-                if answer[0] in (1, 2) and acknowledged < self._min_replicas:
-                    admitted = answer[4].decode() if answer[0] == 2 else job.job_id
-                    raise NotReplicated(admitted, self._min_replicas, acknowledged)
-            else:
-                answer = self._admit(keys=keys, args=args)
+            answer = admit(
+                keys=[
+                    self.quota_key(user_id, quota),
+                    self.record_key(job.job_id if job else ""),
+                    idempotency_key,
+                    queue,
+                    self.pending_index_key(user_id),
+                ],
+                args=[
+                    "1" if limit else "0",
+                    writes,
+                    window * 1_000_000,
+                    member,
+                    "1" if job else "0",
+                    user_id,
+                    job.operation if job else "create",
+                    self._ttl,
+                    fingerprint,
+                    IDEMPOTENCY_TTL_SECONDS,
+                    head,
+                    tail,
+                    callback.owner if callback else "",
+                    callback.lane if callback else "",
+                    self._max_queued,
+                ],
+            )
             shed: ShedReason = "queue full"
         except redis.exceptions.OutOfMemoryError:
             # Refused whole, before it ran: nothing was counted or written.
@@ -249,6 +242,23 @@ class JobBoard:
             else None,
             shed=shed if verdict == 4 else None,
         )
+
+    def _admit_confirmed(self, job_id: str, *, keys: list[Any], args: list[Any]) -> Any:
+        """The admission script, then WAIT for ``min_replicas_ack`` replicas in the same
+        round trip; ``NotReplicated`` if a new job, or the replay of one, was not
+        confirmed in time (a refusal wrote nothing worth waiting for)."""
+        answer, acknowledged = self._admit.replicated(
+            keys,
+            args,
+            replicas=self._min_replicas,
+            timeout_ms=self._replicas_timeout_ms,
+            probe=f"{self._prefix}replicated",
+        )
+        verdict = int(answer[0])
+        if verdict in (1, 2) and acknowledged < self._min_replicas:
+            admitted = answer[4].decode() if verdict == 2 else job_id
+            raise NotReplicated(admitted, self._min_replicas, acknowledged)
+        return answer
 
     def shedding(self) -> ShedReason | None:
         """Why new jobs would be shed right now, or None (for readiness probes: two reads)."""
