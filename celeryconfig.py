@@ -38,6 +38,13 @@ def from_settings(settings: Settings) -> dict[str, Any]:
             # message is moved in a WATCH transaction), so a short lapse is safe.
             "unacked_mutex_expire": max(1, min(10, visibility // 3)),
             "global_keyprefix": settings.redis_key_prefix,
+            # A broker connection gone silent (its Redis frozen, or its machine cut off,
+            # so no reset ever arrives) is dropped after these many seconds and the
+            # worker connects again (under Sentinel, to the promoted master): a live
+            # Redis answers every command, and each blocking take within a second.
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 5,
             **sentinel,
         },
         "task_default_queue": settings.celery_queue,

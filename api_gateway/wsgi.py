@@ -5,6 +5,7 @@ Served by ``contacts-ingest serve`` (granian); any WSGI server can load ``api_ga
 
 from __future__ import annotations
 
+import socket
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,15 @@ from contacts_ingest.jobs.status import read_final_job, read_final_jobs
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
+
+
+# Idle 10 s, then a probe every 5 s; three unanswered: the connection is dead (~25 s).
+# (Where the platform names these options: Linux does, macOS only some.)
+KEEPALIVE = {
+    option: value
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+    if (option := getattr(socket, name, None)) is not None
+}
 
 
 def build_app(settings: Settings | None = None) -> WSGIApplication:
@@ -46,9 +56,16 @@ def build_app(settings: Settings | None = None) -> WSGIApplication:
         readiness={"redis": client.ping, "postgres": postgres_ready},
         shedding=board.shedding,
         webhooks=WebhookVerifier(engine, ttl=settings.key_cache_ttl_seconds),
-        # Its own connection, without a read timeout: it mostly waits for messages.
+        # Its own connection, without a read timeout: it mostly waits for messages. TCP
+        # keepalive tells it when the machine at the other end is gone (no reset comes).
         completions=CompletionListener(
-            redis_client(settings, socket_connect_timeout=2, health_check_interval=30),
+            redis_client(
+                settings,
+                socket_connect_timeout=2,
+                health_check_interval=30,
+                socket_keepalive=True,
+                socket_keepalive_options=KEEPALIVE,
+            ),
             board.completion_pattern(),
         ),
     )
