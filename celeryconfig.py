@@ -14,8 +14,17 @@ from contacts_ingest.infrastructure.settings import Settings
 def from_settings(settings: Settings) -> dict[str, Any]:
     """The part of the configuration that follows the settings object."""
     visibility = settings.celery_visibility_timeout
+    # Under Sentinel the broker's connections go to the master it names (its URL keeps
+    # only its credentials and database).
+    sentinel = (
+        {"sentinels": settings.sentinel_addresses, "master_name": settings.redis_sentinel_master}
+        if settings.sentinel_addresses
+        else {}
+    )
     return {
         "broker_url": settings.broker_url,
+        "broker_transport": "contacts_ingest.infrastructure.transport:"
+        + ("SentinelTransport" if sentinel else "Transport"),
         "broker_transport_options": {
             # A message taken but not acknowledged within this many seconds is redelivered.
             "visibility_timeout": visibility,
@@ -29,6 +38,14 @@ def from_settings(settings: Settings) -> dict[str, Any]:
             # message is moved in a WATCH transaction), so a short lapse is safe.
             "unacked_mutex_expire": max(1, min(10, visibility // 3)),
             "global_keyprefix": settings.redis_key_prefix,
+            # A broker connection gone silent (its Redis frozen, or its machine cut off,
+            # so no reset ever arrives) is dropped after these many seconds and the
+            # worker connects again (under Sentinel, to the promoted master): a live
+            # Redis answers every command, and each blocking take within a second.
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 5,
+            **sentinel,
         },
         "task_default_queue": settings.celery_queue,
         "worker_send_task_events": settings.worker_send_events,
@@ -38,8 +55,8 @@ def from_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-# kombu's Redis transport, except that a consumer cannot lose the message it is handed.
-broker_transport = "contacts_ingest.infrastructure.transport:Transport"
+# broker_transport (from_settings): kombu's Redis transport, except that a consumer
+# cannot lose the message it is handed.
 broker_connection_retry_on_startup = True
 task_serializer = "json"
 accept_content = ["json"]

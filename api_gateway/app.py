@@ -35,12 +35,20 @@ from api_gateway.resources import (
 from api_gateway.throttle import FailureThrottle
 from api_gateway.waiting import CompletionListener, JobWaiter, WaitSlots
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import JobBoard, ShedReason
+from contacts_ingest.jobs.board import JobBoard, NotReplicated, ShedReason
 from contacts_ingest.jobs.messages import json_bytes
 from contacts_ingest.jobs.status import FinalJobLister, FinalJobReader
 from contacts_ingest.model.documents import Error
 
 log = logging.getLogger(__name__)
+
+# The 503 of an admission that REDIS_MIN_REPLICAS_ACK replicas did not confirm in time.
+NOT_REPLICATED_MESSAGE = (
+    "Not confirmed by Redis replicas in time; the job may be queued: retry with the same"
+    " Idempotency-Key"
+)
+# Retry-After of that 503: a replica is back or promoted within seconds, or not soon.
+NOT_REPLICATED_RETRY_AFTER_SECONDS = 2
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,19 @@ def _unavailable(
     raise falcon.HTTPServiceUnavailable(description=UNAVAILABLE_MESSAGE, retry_after=1) from exc
 
 
+def _not_replicated(
+    req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]
+) -> None:
+    log.warning(
+        "admission not confirmed by replicas: %s",
+        exc,
+        extra={"path": req.path, "job_id": getattr(exc, "job_id", None)},
+    )
+    raise falcon.HTTPServiceUnavailable(
+        description=NOT_REPLICATED_MESSAGE, retry_after=NOT_REPLICATED_RETRY_AFTER_SECONDS
+    ) from exc
+
+
 def _internal_error(
     req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]
 ) -> None:
@@ -121,6 +142,7 @@ def create_app(
     app.add_error_handler(Exception, _internal_error)
     app.add_error_handler(redis.RedisError, _unavailable)
     app.add_error_handler(SQLAlchemyError, _unavailable)
+    app.add_error_handler(NotReplicated, _not_replicated)
 
     slots = WaitSlots(
         per_user=settings.wait_max_per_user, per_process=settings.wait_max_per_process

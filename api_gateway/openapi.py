@@ -226,7 +226,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         ),
                         "503": _error(
                             "Redis or PostgreSQL unreachable, or new jobs shed (the queue is"
-                            " full, or Redis out of memory); nothing was enqueued.",
+                            " full, or Redis out of memory); nothing was enqueued. Or, with"
+                            " REDIS_MIN_REPLICAS_ACK, the job not confirmed by Redis replicas"
+                            " in time: it may be queued; retry with the same Idempotency-Key.",
                             _RETRY_AFTER,
                         ),
                     },

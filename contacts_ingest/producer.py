@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-
 from contacts_ingest.infrastructure.database import make_engine
+from contacts_ingest.infrastructure.redis_clients import redis_client
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.board import JobBoard, JobsShed
 from contacts_ingest.jobs.job import ContactJob, new_job_id
@@ -32,9 +31,7 @@ class ContactProducer:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self._settings = settings or Settings()
-        self._board = JobBoard.for_settings(
-            redis.Redis.from_url(self._settings.redis_url), self._settings
-        )
+        self._board = JobBoard.for_settings(redis_client(self._settings), self._settings)
         self._engine = make_engine(self._settings.database_url, read_only=True, pool_size=1)
 
     def enqueue(
@@ -44,7 +41,9 @@ class ContactProducer:
 
         ``contact`` is the request body as the HTTP API takes it. Nothing is
         validated here: the worker does, and records a 400 failure if it must. Raises
-        ``JobsShed`` (nothing enqueued) while admissions are shed.
+        ``JobsShed`` (nothing enqueued) while admissions are shed, and, with
+        ``REDIS_MIN_REPLICAS_ACK``, ``NotReplicated`` (naming the job, which may be
+        queued) if the replicas did not confirm it in time.
         """
         return self._enqueue(user_id, contact, upsert=upsert, request_id=request_id)
 

@@ -18,6 +18,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from contacts_ingest.infrastructure.database import make_engine
 from contacts_ingest.infrastructure.metrics import BATCH_JOBS, JOB_SECONDS, JOBS, RETRIES
 from contacts_ingest.infrastructure.metrics_dir import MULTIPROC_ENV
+from contacts_ingest.infrastructure.redis_clients import redis_client
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.ingestion.dead_letters import record_dead_letter, revive
 from contacts_ingest.ingestion.service import ContactIngestor, Outcome
@@ -50,7 +51,7 @@ ATTEMPTS_BEFORE_HANDING_BACK = 3
 @cache
 def board() -> JobBoard:
     """One job board per worker process, built lazily so no connection crosses a fork."""
-    client = redis.Redis.from_url(_settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = redis_client(_settings, socket_timeout=5, socket_connect_timeout=5)
     return JobBoard.for_settings(client, _settings)
 
 

@@ -10,12 +10,11 @@ import os
 import signal
 import threading
 
-import redis
-
 from contacts_ingest.access.callback_targets import CallbackTargets
 from contacts_ingest.callbacks.sender import CallbackSender
 from contacts_ingest.infrastructure.database import make_engine
 from contacts_ingest.infrastructure.logs import configure_logging
+from contacts_ingest.infrastructure.redis_clients import redis_client
 from contacts_ingest.infrastructure.settings import Settings
 from contacts_ingest.jobs.callbacks import CallbackQueue
 from contacts_ingest.jobs.status import final_job_document, read_final_job
@@ -25,7 +24,7 @@ from contacts_ingest.model.documents import Job
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = redis_client(settings, socket_timeout=5, socket_connect_timeout=5)
     engine = make_engine(
         settings.database_url, read_only=True, pool_size=min(4, settings.callback_concurrency)
     )

@@ -178,13 +178,12 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
     prepare_multiprocess_dir()  # before the pool processes fork
     port = settings.worker_metrics_port if metrics_port is None else metrics_port
     if port:
-        import redis
-
         from contacts_ingest.infrastructure.metrics import QueueDepth, serve_worker_metrics
+        from contacts_ingest.infrastructure.redis_clients import redis_client
 
         prefix = settings.redis_key_prefix
         depth = QueueDepth(
-            redis.Redis.from_url(settings.broker_url, socket_timeout=2),
+            redis_client(settings, settings.broker_url, socket_timeout=2),
             f"{prefix}{settings.celery_queue}",
             f"{prefix}unacked",
             settings.celery_queue,
@@ -404,9 +403,8 @@ def jobs_dead(user_id: str | None) -> None:
 def jobs_retry(job_ids: tuple[str, ...], every: bool) -> None:
     """Queue dead-lettered jobs again under their own ids (exactly once still holds: a
     retry that succeeds replaces the job's 500 outcome). Prints each job id queued."""
-    import redis
-
     from contacts_ingest.infrastructure.database import make_engine
+    from contacts_ingest.infrastructure.redis_clients import redis_client
     from contacts_ingest.ingestion.dead_letters import NotRetriable, list_dead_jobs, retry
     from contacts_ingest.jobs.board import JobBoard, JobsShed
 
@@ -415,7 +413,7 @@ def jobs_retry(job_ids: tuple[str, ...], every: bool) -> None:
     settings = _settings()
     engine = make_engine(settings.database_url, pool_size=1)
     dead = list_dead_jobs(engine, job_ids=None if every else job_ids)
-    board = JobBoard.for_settings(redis.Redis.from_url(settings.redis_url), settings)
+    board = JobBoard.for_settings(redis_client(settings), settings)
     found = {job.job_id for job in dead}
     problems = [f"{job_id}: not a dead-lettered job" for job_id in job_ids if job_id not in found]
     queued = 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, make_url
 
 from contacts_ingest.infrastructure.settings import sqlalchemy_url
 
@@ -13,15 +13,22 @@ def make_engine(
     """Return a pooled engine for ``database_url``.
 
     ``read_only`` engines open every transaction read-only, so the gateway cannot
-    write PostgreSQL even by mistake: the server itself refuses. ``pre_ping`` checks a
+    write PostgreSQL even by mistake: the server itself refuses. ``database_url`` may
+    name several hosts (libpq's multi-host form, ``target_session_attrs=read-write``):
+    each new connection then goes to whichever is the primary. ``pre_ping`` checks a
     pooled connection before each use (a round trip); callers that retry on
     OperationalError anyway can do without.
     """
+    url = make_url(sqlalchemy_url(database_url))
     connect_args: dict[str, object] = {"connect_timeout": 5}
     if read_only:
         connect_args["options"] = "-c default_transaction_read_only=on"
+        if url.query.get("target_session_attrs") == "read-write":
+            # libpq would find such a session read-only, wherever it connects; the
+            # primary is what read-write means here (so status reads see every commit).
+            connect_args["target_session_attrs"] = "primary"
     return create_engine(
-        sqlalchemy_url(database_url),
+        url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=pre_ping,

@@ -243,6 +243,7 @@ class RedisServer:
         appendfsync: str = "everysec",
         password: str | None = None,
         own_session: bool = False,
+        config: Sequence[str] = (),
     ) -> None:
         self.binaries = binaries
         self.dir = data_dir.resolve()
@@ -251,6 +252,8 @@ class RedisServer:
         self.password = password
         # In a session of its own, a terminal's Ctrl-C reaches only whoever started it.
         self.own_session = own_session
+        # More configuration lines (``replicaof HOST PORT`` ...), given on its standard input.
+        self.config = tuple(config)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -282,6 +285,8 @@ class RedisServer:
         assert self.process.stdin is not None
         if self.password:
             self.process.stdin.write(f"requirepass {self.password}\n".encode())
+        for line in self.config:
+            self.process.stdin.write(f"{line}\n".encode())
         self.process.stdin.close()
         client = redis.Redis(port=self.port, password=self.password, socket_timeout=2)
         deadline = time.monotonic() + timeout

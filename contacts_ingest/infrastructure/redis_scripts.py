@@ -59,14 +59,11 @@ class RedisScript:
     def __call__(
         self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None
     ) -> Any:
-        if self._script is None:
-            text = self._text
-            if text.startswith("#!") and not reads_flags(self._client):
-                text = text.split("\n", 1)[1]
-            self._script = self._client.register_script(text)
-            self._sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 (Redis's name)
+        script = self._registered()
         if client is not None:
-            return self._script(keys=keys, args=args, client=client)
+            # redis-py loads the script again where the server answers NOSCRIPT (a
+            # promoted replica, a restarted server), before a pipeline's first use too.
+            return script(keys=keys, args=args, client=client)
         connection = self._connection()
         try:
             return connection.retry.call_with_retry(
@@ -74,6 +71,56 @@ class RedisScript:
             )
         finally:
             self._idle.put(connection)
+
+    def replicated(
+        self,
+        keys: Sequence[Any],
+        args: Sequence[Any],
+        *,
+        replicas: int,
+        timeout_ms: int,
+        probe: str,
+    ) -> tuple[Any, int]:
+        """Run the script, then WAIT until ``replicas`` replicas have everything the
+        master held by then (or ``timeout_ms`` passed), in one round trip: (the script's
+        reply, how many replicas acknowledged it).
+
+        WAIT counts only its connection's own last write; a PUBLISH on ``probe`` (a
+        channel no one listens on) before it is a write that makes it count all of
+        them, an earlier request's that this one repeats included.
+        """
+        script = self._registered()
+        try:
+            return self._then_wait(script, keys, args, replicas, timeout_ms, probe)
+        except redis.exceptions.NoScriptError:
+            # The server does not know it (a promoted replica): it ran nothing.
+            script.sha = self._client.script_load(script.script)
+            return self._then_wait(script, keys, args, replicas, timeout_ms, probe)
+
+    def _then_wait(
+        self,
+        script: Any,
+        keys: Sequence[Any],
+        args: Sequence[Any],
+        replicas: int,
+        timeout_ms: int,
+        probe: str,
+    ) -> tuple[Any, int]:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        pipe.publish(probe, b"")
+        pipe.wait(replicas, timeout_ms)
+        reply, _, acknowledged = pipe.execute()
+        return reply, int(acknowledged)
+
+    def _registered(self) -> Any:
+        if self._script is None:
+            text = self._text
+            if text.startswith("#!") and not reads_flags(self._client):
+                text = text.split("\n", 1)[1]
+            self._script = self._client.register_script(text)
+            self._sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 (Redis's name)
+        return self._script
 
     def _connection(self) -> Any:  # a redis-py connection (its methods are untyped)
         if self._pid != os.getpid():

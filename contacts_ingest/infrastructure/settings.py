@@ -9,8 +9,9 @@ import os
 import re
 from functools import cached_property
 from typing import Literal
+from urllib.parse import quote
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contacts_ingest.infrastructure.origins import parse_origins
@@ -41,15 +42,40 @@ def respond_mode_text(seconds: int) -> str:
     return f"wait={seconds}" if seconds else "async"
 
 
+def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port,...`` as (host, port) pairs (empty text: none).
+
+    ValueError names the entry that is not host:port.
+    """
+    addresses = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"REDIS_SENTINELS entry {entry!r} is not host:port")
+        addresses.append((host.strip("[]"), int(port)))
+    return tuple(addresses)
+
+
 def sqlalchemy_url(url: str) -> str:
     """Return ``url`` with the psycopg 3 driver named, as SQLAlchemy needs it.
 
-    Operators write plain ``postgresql://`` URLs (the form psql and libpq use).
+    Operators write plain ``postgresql://`` URLs (the form psql and libpq use), with
+    several hosts if they like (``postgres@db-a:5432,db-b:5432/contacts?
+    target_session_attrs=read-write``, libpq's multi-host form): SQLAlchemy reads
+    those as ``host`` parameters, which it hands to libpq as they were.
     """
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):
-            return "postgresql+psycopg://" + url[len(plain) :]
-    return url
+            url = "postgresql+psycopg://" + url[len(plain) :]
+            break
+    scheme, _, rest = url.partition("://")
+    authority, _, path = rest.partition("/")
+    user, at, hosts = authority.rpartition("@")
+    if "," not in hosts:
+        return url
+    database, _, query = path.partition("?")
+    given = "".join(f"host={quote(host, safe='[]:')}&" for host in hosts.split(",") if host)
+    return f"{scheme}://{user}{at}/{database}?{given}{query}".rstrip("&")
 
 
 class Settings(BaseSettings):
@@ -61,6 +87,16 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Celery's broker defaults to REDIS_URL; set CELERY_BROKER_URL to split them.
     celery_broker_url: str | None = None
+    # Sentinels (host:port,host:port,...) that name the Redis master: then every Redis
+    # client (the broker's included) asks them for the master named
+    # REDIS_SENTINEL_MASTER, and the URLs' host and port are not used (their
+    # credentials and database still are).
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = ""
+    # Replicas an admission must reach (Redis WAIT) before its 202; 0: do not wait.
+    redis_min_replicas_ack: int = Field(default=0, ge=0, le=16)
+    # How long the gateway waits for them, in milliseconds; then 503.
+    redis_replicas_ack_timeout_ms: int = Field(default=1000, ge=1, le=10_000)
     # Prefix of every Redis key this service writes, kombu's included.
     redis_key_prefix: str = "contacts-ingest:"
     celery_queue: str = "contacts"
@@ -132,6 +168,18 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must be a postgresql:// URL")
         return value
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, value: str) -> str:
+        parse_sentinels(value)
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_master_named(self) -> Settings:
+        if self.redis_sentinels and not self.redis_sentinel_master.strip():
+            raise ValueError("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER (the master's name)")
+        return self
+
     @field_validator("respond_default")
     @classmethod
     def _respond_mode(cls, value: str) -> str:
@@ -156,6 +204,11 @@ class Settings(BaseSettings):
     def callback_origins(self) -> frozenset[str]:
         """The origins callbacks may go to (empty: callbacks are off)."""
         return parse_origins(self.callback_allowed_hosts)
+
+    @cached_property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """The sentinels as (host, port) pairs; empty without REDIS_SENTINELS."""
+        return parse_sentinels(self.redis_sentinels)
 
     @cached_property
     def broker_url(self) -> str:

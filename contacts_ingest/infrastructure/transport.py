@@ -25,7 +25,12 @@ queue with the take script instead. What Redis still refuses then (kombu's sweep
 handing a message back, recording a queue's binding) is logged and left until Redis is
 under its limit again.
 
-Celery selects it with ``broker_transport`` (see celeryconfig.py).
+Under Redis Sentinel (``REDIS_SENTINELS``), ``SentinelTransport`` is the same
+transport on the master Sentinel names: its connections ask the sentinels for the
+master each time they connect, so once a connection to a failed master breaks, the
+worker's reconnect finds the promoted one.
+
+Celery selects one with ``broker_transport`` (see celeryconfig.py).
 """
 
 from __future__ import annotations
@@ -45,7 +50,9 @@ from kombu.transport import virtual
 from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 
+from contacts_ingest.infrastructure.redis_clients import master_pool
 from contacts_ingest.infrastructure.redis_scripts import RedisScript
 
 logger = logging.getLogger(__name__)
@@ -411,3 +418,30 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel):
+    """The channel above, its connections to the master that Sentinel names.
+
+    kombu's own Sentinel transport reads the sentinels from a ``sentinel://`` URL; this
+    one takes them, with the master's name, from the ``sentinels`` and ``master_name``
+    transport options (celeryconfig.py fills them in from REDIS_SENTINELS and
+    REDIS_SENTINEL_MASTER), so the broker URL keeps its credentials and database.
+    """
+
+    from_transport_options = (*Channel.from_transport_options, "sentinels", "master_name")  # type: ignore[assignment]
+    connection_class = SentinelManagedConnection  # type: ignore[assignment]
+    connection_class_ssl = SentinelManagedSSLConnection  # type: ignore[assignment]
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name = ""
+
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        # kombu's connection options (its polling connection class included), for the
+        # master that Sentinel names.
+        params = self._connparams(asynchronous=asynchronous)
+        self.keyprefix_fanout = self.keyprefix_fanout.format(db=params["db"])
+        return master_pool(self.sentinels, self.master_name, params)
+
+
+class SentinelTransport(Transport):
+    Channel = SentinelChannel

@@ -11,9 +11,11 @@ worker runs to finish jobs always does, so workers can drain a Redis that sheds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 
@@ -47,6 +49,16 @@ class JobsShed(Exception):
     def __init__(self, reason: ShedReason) -> None:
         super().__init__(f"jobs are not admitted for now ({reason}); retry later")
         self.reason: ShedReason = reason
+
+
+class NotReplicated(Exception):
+    """The job was admitted, but fewer replicas than ``REDIS_MIN_REPLICAS_ACK`` confirmed
+    it in time: it may be queued, or lost if the master fails now. A retry with the
+    same Idempotency-Key is safe (it is answered as a replay if the job is queued)."""
+
+    def __init__(self, job_id: str, wanted: int, acknowledged: int) -> None:
+        super().__init__(f"job {job_id}: {acknowledged} of {wanted} replica(s) confirmed it")
+        self.job_id = job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +110,8 @@ class JobBoard:
         record_ttl_seconds: int,
         max_queued_jobs: int = 0,
         callback_ttl_seconds: int = 2 * 24 * 3600,
+        min_replicas_ack: int = 0,
+        replicas_ack_timeout_ms: int = 1000,
     ) -> None:
         self._redis = client
         self._messages = messages
@@ -105,6 +119,8 @@ class JobBoard:
         self._ttl = record_ttl_seconds
         self._max_queued = max_queued_jobs
         self._callback_ttl = callback_ttl_seconds
+        self._min_replicas = min_replicas_ack
+        self._replicas_timeout_ms = replicas_ack_timeout_ms
         self._admit = RedisScript(client, _script("admit"))
         self._admit_readonly = RedisScript(client, _script("admit_readonly"))
         self._requeue = RedisScript(client, _script("requeue"))
@@ -123,6 +139,8 @@ class JobBoard:
             max_queued_jobs=settings.max_queued_jobs,
             # A callback outlives its retries by a day, then nothing of it is left.
             callback_ttl_seconds=settings.callback_retry_window_seconds + 24 * 3600,
+            min_replicas_ack=settings.redis_min_replicas_ack,
+            replicas_ack_timeout_ms=settings.redis_replicas_ack_timeout_ms,
         )
 
     def record_key(self, job_id: str) -> str:
@@ -164,13 +182,20 @@ class JobBoard:
         the queue holds ``max_queued_jobs`` already or Redis is over maxmemory; a
         replay is answered even then. Over maxmemory nothing is counted at all: a
         refused request gets its verdict (reused key, over the limit) uncounted.
+
+        With ``min_replicas_ack`` of 1 or more, a new job (or the replay of one) counts
+        as admitted only once that many replicas have it (WAIT, in the admission's round
+        trip); else ``NotReplicated`` is raised (the job may still be queued).
         """
         writes, window = limit if limit else (0, 0)
         queue, head, tail = self._messages(job) if job else ("", b"", b"")
         idempotency_key = self.idempotency_key(user_id, idempotency.key_hash) if idempotency else ""
         fingerprint = idempotency.fingerprint if idempotency else ""
+        admit: Callable[..., Any] = self._admit
+        if job is not None and self._min_replicas:  # admitted once replicas have it
+            admit = partial(self._admit_confirmed, job.job_id)
         try:
-            answer = self._admit(
+            answer = admit(
                 keys=[
                     self.quota_key(user_id, quota),
                     self.record_key(job.job_id if job else ""),
@@ -217,6 +242,23 @@ class JobBoard:
             else None,
             shed=shed if verdict == 4 else None,
         )
+
+    def _admit_confirmed(self, job_id: str, *, keys: list[Any], args: list[Any]) -> Any:
+        """The admission script, then WAIT for ``min_replicas_ack`` replicas in the same
+        round trip; ``NotReplicated`` if a new job, or the replay of one, was not
+        confirmed in time (a refusal wrote nothing worth waiting for)."""
+        answer, acknowledged = self._admit.replicated(
+            keys,
+            args,
+            replicas=self._min_replicas,
+            timeout_ms=self._replicas_timeout_ms,
+            probe=f"{self._prefix}replicated",
+        )
+        verdict = int(answer[0])
+        if verdict in (1, 2) and acknowledged < self._min_replicas:
+            admitted = answer[4].decode() if verdict == 2 else job_id
+            raise NotReplicated(admitted, self._min_replicas, acknowledged)
+        return answer
 
     def shedding(self) -> ShedReason | None:
         """Why new jobs would be shed right now, or None (for readiness probes: two reads)."""

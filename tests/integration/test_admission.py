@@ -14,7 +14,7 @@ import redis
 from celery import Celery
 
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import Admission, Idempotency, JobBoard
+from contacts_ingest.jobs.board import Admission, Idempotency, JobBoard, NotReplicated
 from contacts_ingest.jobs.job import TASK_NAME, ContactJob, Operation, new_job_id
 from tests.conftest import unique
 
@@ -197,3 +197,52 @@ def test_a_hand_built_message_matches_what_celery_publishes(
     assert {k: v for k, v in built["properties"].items() if k not in ignored} == {
         k: v for k, v in published["properties"].items() if k not in ignored
     }
+
+
+@pytest.fixture
+def replicated_board(redis_client: redis.Redis, queue_settings: Settings) -> JobBoard:
+    """A board that wants one replica's word for each job, on a Redis that has none."""
+    if redis_client.info("replication")["connected_slaves"]:
+        pytest.skip("this Redis has replicas")
+    settings = queue_settings.model_copy(
+        update={"redis_min_replicas_ack": 1, "redis_replicas_ack_timeout_ms": 20}
+    )
+    return JobBoard.for_settings(redis_client, settings)
+
+
+def test_a_job_no_replica_confirmed_is_reported_and_may_be_queued(
+    replicated_board: JobBoard,
+) -> None:
+    user = unique("user")
+    job = a_job(user)
+    with pytest.raises(NotReplicated) as raised:
+        replicated_board.admit(user_id=user, member=job.job_id, job=job, limit=(200, 60))
+    assert raised.value.job_id == job.job_id
+    # Not confirmed is not refused: the master holds it.
+    assert replicated_board.pending(job.job_id) is not None
+
+
+def test_the_replay_of_an_unconfirmed_job_is_not_confirmed_either(
+    replicated_board: JobBoard, board: JobBoard
+) -> None:
+    user = unique("user")
+    key = Idempotency("key-hash", "fingerprint")
+    first = a_job(user)
+    assert board.admit(
+        user_id=user, member=first.job_id, job=first, limit=(200, 60), idempotency=key
+    ).allowed
+    again = a_job(user)
+    with pytest.raises(NotReplicated) as raised:
+        replicated_board.admit(
+            user_id=user, member=again.job_id, job=again, limit=(200, 60), idempotency=key
+        )
+    assert raised.value.job_id == first.job_id
+    assert replicated_board.pending(again.job_id) is None
+
+
+def test_a_refused_request_needs_no_replica(replicated_board: JobBoard) -> None:
+    user = unique("user")
+    job = a_job(user)
+    refused = replicated_board.admit(user_id=user, member=job.job_id, job=None, limit=(200, 60))
+    assert refused.allowed
+    assert replicated_board.pending(job.job_id) is None

@@ -213,3 +213,35 @@ def test_flower_starts_with_basic_auth_in_its_environment(compose: dict[str, Any
     assert (done.returncode, done.stdout) == (0, "started with admin:s3cret\n")
     assert flower["command"][-1] == "--port=5555"
     assert "basic" not in " ".join(flower["command"])  # never the password on a command line
+
+
+def test_the_failover_profile_runs_a_durable_replica_and_three_sentinels_of_the_master(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    replica = services["redis-replica"]
+    assert replica["profiles"] == ["failover"]
+    command = " ".join(replica["command"])
+    assert "--replicaof redis 6379" in command
+    # As durable as the master it may replace.
+    master = " ".join(services["redis"]["command"])
+    for flag in ("--appendonly yes", "--appendfsync always", "--maxmemory-policy noeviction"):
+        assert flag in command
+        assert flag in master
+    sentinels = [name for name in services if name.startswith("sentinel-")]
+    assert len(sentinels) == 3
+    env = services["gateway"]["environment"]
+    for name in sentinels:
+        sentinel = services[name]
+        assert sentinel["profiles"] == ["failover"]
+        assert sentinel["healthcheck"]["test"]
+        script = sentinel["entrypoint"][-1]
+        # A majority of the three agrees before a failover, of the master the service names.
+        assert f"'sentinel monitor {env['REDIS_SENTINEL_MASTER']} redis 6379 2'" in script
+        assert "port 26379" in script
+    # The services reach them by the names the compose file's header tells people to set.
+    header = (ROOT / "docker-compose.yml").read_text().split("x-service-env")[0]
+    listed = ",".join(f"{name}:26379" for name in sentinels)
+    assert f"REDIS_SENTINELS={listed}" in header
+    assert env["REDIS_SENTINELS"] == "${REDIS_SENTINELS:-}"
+    assert Settings(redis_sentinels=listed, redis_sentinel_master="contacts").sentinel_addresses
