@@ -38,11 +38,11 @@ class RedisScript:
     the server reads it. Called like redis-py's ``Script`` (``client`` may be a
     pipeline of the same server).
 
-    Called on its own (not in a pipeline), it runs on a connection of its own, made by
-    ``client``'s pool (so with the client's address, credentials, timeouts and retry
-    policy) and kept for the next call: one EVALSHA written and its reply read,
-    without the client's per-command layers, which cost a request to the gateway as
-    much CPU as the round trip itself. As with the pool, a connection the server closed
+    Called on its own (not in a pipeline), it runs on a connection of its own, made as
+    ``client``'s pool makes its own (so with the client's address, credentials,
+    timeouts, retry policy and connection class) and kept for the next call: one
+    EVALSHA written and its reply read, without the client's per-command layers, which
+    cost a request to the gateway as much CPU as the round trip itself. As with the pool, a connection the server closed
     while it was idle is opened afresh before it is used; a server that lost the
     script (restarted, or a new master) is given it again and the call repeated.
     """
@@ -128,7 +128,10 @@ class RedisScript:
         try:
             connection = self._idle.get_nowait()
         except queue.Empty:
-            connection = self._client.connection_pool.make_connection()
+            # Made as the pool makes its own, but not counted against its
+            # max_connections: the pool never gets these back to count them out.
+            pool = self._client.connection_pool
+            connection = pool.connection_class(**pool.connection_kwargs)
         # As the client's pool does at every checkout: a connection the server closed
         # while it was idle (or one left with a reply unread) is opened afresh first.
         connection.connect()

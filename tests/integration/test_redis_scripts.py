@@ -51,3 +51,14 @@ def test_a_forked_process_gets_connections_of_its_own(redis_url: str) -> None:
     assert process.exitcode == 0
     assert results.get() == [f"{i}:child".encode() for i in range(300)]
     assert parent == [f"{i}:parent".encode() for i in range(300)]
+
+
+def test_many_scripts_on_one_client_never_exhaust_its_pool(redis_url: str) -> None:
+    # redis-py's pool allows 100 connections by default; every job board has several
+    # scripts, and a process may build many boards on one client over its life.
+    client = redis.Redis.from_url(redis_url)
+    scripts = [RedisScript(client, ECHO) for _ in range(150)]
+    assert [s(keys=["k"], args=[str(i)]) for i, s in enumerate(scripts)] == [
+        f"{i}:k".encode() for i in range(150)
+    ]
+    assert client.ping()  # the client's own pool still has room
