@@ -42,9 +42,10 @@ class RedisScript:
     ``client``'s pool makes its own (so with the client's address, credentials,
     timeouts, retry policy and connection class) and kept for the next call: one
     EVALSHA written and its reply read, without the client's per-command layers, which
-    cost a request to the gateway as much CPU as the round trip itself. As with the pool, a connection the server closed
-    while it was idle is opened afresh before it is used; a server that lost the
-    script (restarted, or a new master) is given it again and the call repeated.
+    cost a request to the gateway as much CPU as the round trip itself. As with the
+    pool, a connection the server closed while it was idle is opened afresh before it
+    is used; a server that lost the script (restarted, or a new master) is given it
+    again and the call repeated.
     """
 
     def __init__(self, client: redis.Redis, text: str) -> None:
