@@ -9,7 +9,6 @@ server decides at a script's first write command, as it always did.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 from collections.abc import Sequence
@@ -63,8 +62,10 @@ class RedisScript:
             text = self._text
             if text.startswith("#!") and not reads_flags(self._client):
                 text = text.split("\n", 1)[1]
-            self._script = self._client.register_script(text)
-            self._sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 (Redis's name)
+            script = self._client.register_script(text)
+            # Its name first: another thread takes a registered script as ready to run.
+            self._sha = script.sha
+            self._script = script
         if client is not None:
             return self._script(keys=keys, args=args, client=client)
         connection = self._connection()
