@@ -11,6 +11,7 @@ message bodies Celery quotes when it discards a message are left out too.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ import traceback
 from contextlib import suppress
 from typing import Any
 
+from pythonjsonlogger.json import JsonEncoder
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 _CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
@@ -154,6 +156,16 @@ class _WithoutStartupNoise(logging.Filter):
 
 
 class _SafeJsonFormatter(OrjsonFormatter):
+    def jsonify_log_record(self, log_data: Any) -> str:
+        try:
+            return str(super().jsonify_log_record(log_data))
+        except TypeError:
+            # orjson refuses integers beyond 64 bits and strings with lone surrogates
+            # (a queued message may name its job with either; a path may hold bytes
+            # that are not UTF-8): the standard library writes them, so the line is
+            # not lost to logging's own error report.
+            return json.dumps(log_data, cls=JsonEncoder, separators=(",", ":"))
+
     def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
         return format_exception(ei[1]) if ei and ei[1] is not None else ""
 

@@ -9,7 +9,6 @@ server decides at a script's first write command, as it always did.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 from collections.abc import Sequence
@@ -119,8 +118,10 @@ class RedisScript:
             text = self._text
             if text.startswith("#!") and not reads_flags(self._client):
                 text = text.split("\n", 1)[1]
-            self._script = self._client.register_script(text)
-            self._sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 (Redis's name)
+            script = self._client.register_script(text)
+            # Its name first: another thread takes a registered script as ready to run.
+            self._sha = script.sha
+            self._script = script
         return self._script
 
     def _connection(self) -> Any:  # a redis-py connection (its methods are untyped)

@@ -4,6 +4,7 @@ they survive a dropped connection, and a forked process never shares one."""
 from __future__ import annotations
 
 import multiprocessing
+import threading
 
 import pytest
 import redis
@@ -62,3 +63,27 @@ def test_many_scripts_on_one_client_never_exhaust_its_pool(redis_url: str) -> No
         f"{i}:k".encode() for i in range(150)
     ]
     assert client.ping()  # the client's own pool still has room
+
+
+def test_a_call_while_another_thread_registers_the_script_answers(redis_url: str) -> None:
+    # Many gateway threads make the first calls at once: one may look at the script the
+    # moment another has just registered it, and must find it whole.
+    answers: list[object] = []
+
+    class Interleaved(RedisScript):
+        def __setattr__(self, name: str, value: object) -> None:
+            super().__setattr__(name, value)
+            if name == "_script" and value is not None and not answers:
+                other = threading.Thread(target=lambda: answers.append(self._call_or_error()))
+                other.start()
+                other.join(timeout=30)
+
+        def _call_or_error(self) -> object:
+            try:
+                return self(keys=["other"], args=["second"])
+            except redis.RedisError as exc:
+                return exc
+
+    script = Interleaved(named_client(redis_url, unique("script-race")), ECHO)
+    assert script(keys=["first"], args=["one"]) == b"one:first"
+    assert answers == [b"second:other"]

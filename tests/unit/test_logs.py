@@ -188,3 +188,20 @@ def test_granians_logs_go_through_ours_without_its_thread_warning(stream: Stderr
         "logger": "_granian",
         "message": "Listening at: http://127.0.0.1:8000",
     }
+
+
+def test_a_json_line_holds_values_orjson_refuses(stream: Stderr) -> None:
+    # A queued message may name its job with any JSON value (an integer past 64 bits, a
+    # string with a lone surrogate escape), and the worker logs what it names; a path an
+    # operator gives may hold undecodable bytes (surrogate-escaped). Each is one JSON line.
+    configure_logging("INFO", "json")
+    test = logging.getLogger("test")
+    test.error("dropping a message that names no pending job", extra={"job_id": 2**70})
+    test.error("dropping a message that names no pending job", extra={"job_id": "job_\ud800"})
+    test.warning("cannot read %s", "/imports/contacts-\udcff.csv")
+    lines = stream.getvalue().splitlines()
+    assert [json.loads(line)["level"] for line in lines] == ["ERROR", "ERROR", "WARNING"]
+    [big, surrogate, path] = (json.loads(line) for line in lines)
+    assert big["job_id"] == 2**70
+    assert surrogate["job_id"] == "job_\ud800"
+    assert path["message"] == "cannot read /imports/contacts-\udcff.csv"
