@@ -112,9 +112,12 @@ class QoS(kombu_redis.QoS):
         """Bytes of the messages delivered and not yet settled (as stored in Redis when
         the take script took them, else their body)."""
         self._settled(self._dirty)
-        # Messages leave kombu's books settled (dirty first) or restored all at once.
-        if len(self._sizes) > len(self._delivered):
-            self._settled([tag for tag in self._sizes if tag not in self._delivered])
+        # What is left measured is what kombu holds unsettled, unless a message left its
+        # books unsettled (restored) or never reached them (measured, then not delivered).
+        if len(self._sizes) > len(self._delivered) - len(self._dirty):
+            self._settled(
+                [tag for tag in self._sizes if tag not in self._delivered or tag in self._dirty]
+            )
         return self._in_hand
 
     def _settled(self, tags: Iterable[str]) -> None:

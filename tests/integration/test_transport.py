@@ -183,6 +183,24 @@ def test_a_consumer_holds_a_bounded_number_of_bytes_not_just_of_messages(
     channel.close()
 
 
+def test_a_message_measured_but_never_delivered_is_not_held_in_hand(
+    connection: Connection, settings: Settings
+) -> None:
+    queue = unique("transport-q")
+    with connection.SimpleQueue(queue) as simple:
+        for n in range(2):
+            simple.put({"n": n})
+    channel, received = polled_once(connection, queue, prefetch=10)
+    # A take measured this one, then its delivery failed before kombu recorded it.
+    channel.qos.measured("never-delivered", 40 * 2**20)
+    with channel.qos.acks_together():
+        for message in received:
+            message.ack()
+    assert channel.qos.bytes_in_hand() == 0  # else the consumer would take nothing more
+    assert channel.qos.can_consume()
+    channel.close()
+
+
 def test_a_consumer_that_acknowledges_nothing_leaves_no_unacked_record(
     connection: Connection, settings: Settings, redis_client: redis.Redis
 ) -> None:
