@@ -122,6 +122,10 @@ def sigkill(process: Process) -> None:
     process.popen.wait()
 
 
+# The name ``redis`` is a field of Scenario's: the client's type goes by another.
+RedisClient = redis.Redis
+
+
 @dataclass
 class Scenario:
     """One test's queue, user and processes on the private servers."""
@@ -134,6 +138,28 @@ class Scenario:
     board: JobBoard
     redis: redis.Redis
     processes: list[Process] = field(default_factory=list)
+
+    @classmethod
+    def on(cls, servers: Servers, settings: Settings, client: RedisClient, **env: str) -> Scenario:
+        """A scenario on ``servers`` for ``settings`` (whose queue is the test's own): the
+        services' environment (``env`` added), a producer and a job board on ``client``."""
+        queue = settings.celery_queue
+        return cls(
+            servers=servers,
+            queue=queue,
+            user=unique("user"),
+            env=service_env(
+                settings,
+                CELERY_QUEUE=queue,
+                CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
+                RETRY_BACKOFF_SECONDS="1",
+                RETRY_BACKOFF_MAX_SECONDS="1",
+                **env,
+            ),
+            producer=ContactProducer(settings),
+            board=JobBoard.for_settings(client, settings),
+            redis=client,
+        )
 
     @property
     def engine(self) -> Engine:
@@ -234,25 +260,8 @@ class Scenario:
 
 @pytest.fixture
 def scenario(servers: Servers) -> Iterator[Scenario]:
-    queue = unique("faults")
-    env = service_env(
-        servers.settings,
-        CELERY_QUEUE=queue,
-        CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
-        RETRY_BACKOFF_SECONDS="1",
-        RETRY_BACKOFF_MAX_SECONDS="1",
-    )
-    client = redis.Redis.from_url(servers.settings.redis_url)
-    settings = servers.settings.model_copy(update={"celery_queue": queue})
-    run = Scenario(
-        servers=servers,
-        queue=queue,
-        user=unique("user"),
-        env=env,
-        producer=ContactProducer(settings),
-        board=JobBoard.for_settings(client, settings),
-        redis=client,
-    )
+    settings = servers.settings.model_copy(update={"celery_queue": unique("faults")})
+    run = Scenario.on(servers, settings, redis.Redis.from_url(settings.redis_url))
     yield run
     run.stop_all()
 

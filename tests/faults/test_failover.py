@@ -23,10 +23,9 @@ from contacts_ingest.infrastructure.migrate import upgrade
 from contacts_ingest.infrastructure.redis_clients import redis_client
 from contacts_ingest.jobs.board import JobBoard, NotReplicated
 from contacts_ingest.jobs.job import ContactJob, new_job_id
-from contacts_ingest.producer import ContactProducer
 from tests.conftest import unique
-from tests.e2e.conftest import create_key, service_env
-from tests.faults.conftest import VISIBILITY_TIMEOUT, Scenario, Servers, binaries, wait_until
+from tests.e2e.conftest import create_key
+from tests.faults.conftest import Scenario, Servers, binaries, wait_until
 from tests.faults.servers import PrivatePostgres, PrivateRedis, PrivateSentinel, temp_root
 from tests.faults.test_server_restarts import SteadyLoad
 
@@ -131,25 +130,13 @@ def sentinel_scenario(
             "celery_queue": queue,
         }
     )
-    env = service_env(
+    return Scenario.on(
+        replace(servers, redis=redis_servers.master, settings=settings),
         settings,
-        CELERY_QUEUE=queue,
-        CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
-        RETRY_BACKOFF_SECONDS="1",
-        RETRY_BACKOFF_MAX_SECONDS="1",
+        redis_client(settings, socket_timeout=5),
         REDIS_SENTINELS=redis_servers.addresses,
         REDIS_SENTINEL_MASTER=MASTER_NAME,
         REDIS_MIN_REPLICAS_ACK=str(min_replicas_ack),
-    )
-    client = redis_client(settings, socket_timeout=5)
-    return Scenario(
-        servers=replace(servers, redis=redis_servers.master, settings=settings),
-        queue=queue,
-        user=unique("user"),
-        env=env,
-        producer=ContactProducer(settings),
-        board=JobBoard.for_settings(client, settings),
-        redis=client,
     )
 
 
@@ -333,27 +320,15 @@ def test_the_primary_killed_and_its_synchronous_standby_promoted_fail_and_lose_n
         update={"database_url": standby_postgres.url, "celery_queue": queue}
     )
     engine = make_engine(standby_postgres.url, pool_size=2)
-    env = service_env(
+    scenario = Scenario.on(
+        replace(servers, postgres=standby_postgres.primary, engine=engine),
         settings,
-        CELERY_QUEUE=queue,
-        CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
-        RETRY_BACKOFF_SECONDS="1",
-        RETRY_BACKOFF_MAX_SECONDS="1",
-    )
-    client = redis.Redis.from_url(settings.redis_url)
-    scenario = Scenario(
-        servers=replace(servers, postgres=standby_postgres.primary, engine=engine),
-        queue=queue,
-        user=unique("user"),
-        env=env,
-        producer=ContactProducer(settings),
-        board=JobBoard.for_settings(client, settings),
-        redis=client,
+        redis.Redis.from_url(settings.redis_url),
     )
     try:
         scenario.worker("w")
         _, base = scenario.gateway()
-        auth = {"Authorization": f"Bearer {create_key(env, scenario.user)}"}
+        auth = {"Authorization": f"Bearer {create_key(scenario.env, scenario.user)}"}
         load = SteadyLoad(base, auth)
         with load.running():
             wait_until(lambda: scenario.finished(list(load.accepted())) >= 50, "nothing finished")
