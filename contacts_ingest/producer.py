@@ -10,20 +10,35 @@ Jobs are admitted through the same atomic Redis step as the gateway's, so a job 
 queued and recorded at once, and shed like the gateway's (``JobsShed``: the queue is
 full or Redis out of memory; retry later). The worker validates the body; a job that
 breaks a rule ends ``failed`` with code 400.
+
+A call that raised (Redis unreachable, the replicas' confirmation late) may have
+queued its job all the same. Pass an ``idempotency_key`` and call again with the same
+key: a job already admitted under it is answered (its id), never queued twice::
+
+    job_id = producer.enqueue("user-42", body, idempotency_key="signup-7f3a")
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from contacts_ingest.infrastructure.database import make_engine
 from contacts_ingest.infrastructure.redis_clients import redis_client
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import JobBoard, JobsShed
+from contacts_ingest.jobs.board import Idempotency, JobBoard, JobsShed
 from contacts_ingest.jobs.job import ContactJob, new_job_id
 from contacts_ingest.jobs.status import job_status, read_final_job
 from contacts_ingest.model.documents import Job
+
+
+class IdempotencyKeyReused(ValueError):
+    """The idempotency key was used already, for a job with another body or operation."""
+
+    def __init__(self) -> None:
+        super().__init__("this idempotency key was already used for a different job")
 
 
 class ContactProducer:
@@ -35,7 +50,13 @@ class ContactProducer:
         self._engine = make_engine(self._settings.database_url, read_only=True, pool_size=1)
 
     def enqueue(
-        self, user_id: str, contact: Any, *, upsert: bool = False, request_id: str | None = None
+        self,
+        user_id: str,
+        contact: Any,
+        *,
+        upsert: bool = False,
+        request_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Enqueue one create (or upsert) for ``user_id``; return the job id.
 
@@ -44,8 +65,15 @@ class ContactProducer:
         ``JobsShed`` (nothing enqueued) while admissions are shed, and, with
         ``REDIS_MIN_REPLICAS_ACK``, ``NotReplicated`` (naming the job, which may be
         queued) if the replicas did not confirm it in time.
+
+        With ``idempotency_key`` (the user's for 24 hours, apart from the HTTP API's
+        keys), a call repeating an admitted one returns that job's id and queues
+        nothing; the key used with another body or operation raises
+        ``IdempotencyKeyReused``.
         """
-        return self._enqueue(user_id, contact, upsert=upsert, request_id=request_id)
+        return self._enqueue(
+            user_id, contact, upsert=upsert, request_id=request_id, key=idempotency_key
+        )
 
     def enqueue_batch(
         self,
@@ -54,14 +82,21 @@ class ContactProducer:
         *,
         upsert: bool = False,
         request_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Enqueue up to 1,000 contacts as one job; return its id.
 
         Its status reports counts (created, updated, failed) and one result per
-        contact, in order, with field errors inline.
+        contact, in order, with field errors inline. Raises, and takes
+        ``idempotency_key``, as ``enqueue`` does.
         """
         return self._enqueue(
-            user_id, {"contacts": list(contacts)}, upsert=upsert, request_id=request_id, batch=True
+            user_id,
+            {"contacts": list(contacts)},
+            upsert=upsert,
+            request_id=request_id,
+            key=idempotency_key,
+            batch=True,
         )
 
     def _enqueue(
@@ -71,6 +106,7 @@ class ContactProducer:
         *,
         upsert: bool,
         request_id: str | None,
+        key: str | None,
         batch: bool = False,
     ) -> str:
         job = ContactJob(
@@ -82,7 +118,17 @@ class ContactProducer:
             request_id=request_id,
             batch=batch,
         )
-        admission = self._board.admit(user_id=user_id, member=job.job_id, job=job, limit=None)
+        admission = self._board.admit(
+            user_id=user_id,
+            member=job.job_id,
+            job=job,
+            limit=None,
+            idempotency=None if key is None else _idempotency(key, job.operation, body),
+        )
+        if admission.idempotency == "reused":
+            raise IdempotencyKeyReused
+        if admission.original is not None:  # a replay: the job admitted under this key
+            return admission.original[0]
         if admission.shed:
             raise JobsShed(admission.shed)
         return job.job_id
@@ -92,3 +138,16 @@ class ContactProducer:
         return job_status(
             self._board, lambda jid: read_final_job(self._engine, jid), job_id, user_id
         )
+
+
+def _idempotency(key: str, operation: str, body: Any) -> Idempotency:
+    """A producer's key, kept apart from the HTTP API's (another namespace), and the
+    fingerprint of what it enqueues."""
+    try:
+        content = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    except (TypeError, ValueError):  # not JSON's: the worker refuses it with a 400 anyway
+        content = repr(body)
+    return Idempotency(
+        key_hash=hashlib.sha256(f"producer:{key}".encode()).hexdigest(),
+        fingerprint=hashlib.sha256(f"{operation}\n{content}".encode()).hexdigest(),
+    )

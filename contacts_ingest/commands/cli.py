@@ -513,6 +513,7 @@ def import_contacts(
         summary = import_file(
             file, kind, producer, user_id, upsert=upsert, wait=False,
             on_progress=lambda summary: None, on_sent=sent,
+            on_redis_trouble=lambda seconds: click.echo(_redis_trouble(seconds), err=True),
         )  # fmt: skip
         click.echo(
             f"enqueued {summary.accepted - summary.failed:,} rows in {len(jobs):,} batch jobs;"
@@ -523,6 +524,13 @@ def import_contacts(
             click.echo(f"  line {line}: {message}", err=True)
         return
     _import_and_wait(file, kind, producer, user_id, upsert)
+
+
+def _redis_trouble(seconds: float) -> str:
+    return (
+        f"Redis has not taken a batch for {seconds:.0f} s (unreachable, or fewer replicas"
+        " confirm than REDIS_MIN_REPLICAS_ACK asks); still trying, each batch stays one job"
+    )
 
 
 def _import_and_wait(
@@ -550,8 +558,9 @@ def _import_and_wait(
                             failed=summary.failed, refresh=False)  # fmt: skip
 
         summary = import_file(
-            file, kind, producer, user_id, upsert=upsert, on_progress=progress, on_stall=stalled
-        )
+            file, kind, producer, user_id, upsert=upsert, on_progress=progress, on_stall=stalled,
+            on_redis_trouble=lambda seconds: tqdm.write(_redis_trouble(seconds), file=sys.stderr),
+        )  # fmt: skip
     rows = [
         ("accepted", summary.accepted),
         ("created", summary.created),

@@ -5,12 +5,18 @@ batches of up to 1,000 through the internal producer, and at most ``window`` bat
 are in flight; the oldest is awaited (its status polled) before the next is sent,
 which also keeps the queue from swallowing a whole file at once. Each batch remembers
 the file line of each of its rows, so errors are reported with their line numbers.
+
+Each batch is sent under an idempotency key of its own, so the importer rides out a
+Redis that is unreachable or fails over: a send that raised is sent again under the
+same key (answered with the batch's job if it had been queued), and a batch whose job
+is known nowhere any more (lost with a failed Redis master) is sent again.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -18,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from contacts_ingest.jobs.board import JobsShed
+import redis
+
+from contacts_ingest.jobs.board import JobsShed, NotReplicated
 from contacts_ingest.model.contact import BATCH_MAX_CONTACTS
 from contacts_ingest.model.documents import BatchResult, Job
 from contacts_ingest.producer import ContactProducer
@@ -30,6 +38,8 @@ STALL_SECONDS = 10.0
 NOT_JSON_MESSAGE = "body: Request body must be valid JSON"
 # How long the importer waits before sending again a batch that was shed.
 SHED_PAUSE_SECONDS = 1.0
+# How long it waits before trying Redis again after an error or an unconfirmed send.
+REDIS_PAUSE_SECONDS = 0.5
 
 
 @dataclass
@@ -52,10 +62,12 @@ class Summary:
         del self.first_errors[FIRST_ERRORS:]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Sent:
     job_id: str
     lines: tuple[int, ...]  # the file line of each row (a CSV row may span lines)
+    contacts: list[Any]  # kept to send again if the job is lost with a Redis master
+    key: str
 
 
 def format_of(path: Path, given: str | None) -> Format:
@@ -120,6 +132,7 @@ def import_file(
     on_progress: Callable[[Summary], None],
     on_stall: Callable[[float], None] = lambda seconds: None,
     on_sent: Callable[[str], None] = lambda job_id: None,
+    on_redis_trouble: Callable[[float], None] = lambda seconds: None,
     wait: bool = True,
     window: int = 8,
     batch_size: int = BATCH_MAX_CONTACTS,
@@ -130,43 +143,84 @@ def import_file(
     ``on_sent`` gets each batch's job id as it is enqueued. Without ``wait``, nothing
     is awaited: the summary then counts only what was sent and what never could be.
     ``on_stall`` is called once, with ``STALL_SECONDS``, if the oldest batch stays
-    queued that long (no worker is taking jobs).
+    queued that long (no worker is taking jobs); ``on_redis_trouble`` once, with
+    ``STALL_SECONDS``, if Redis stays unreachable (or its replicas do not confirm a
+    batch, with ``REDIS_MIN_REPLICAS_ACK``) that long. The importer keeps trying.
     """
     summary = Summary()
     in_flight: deque[_Sent] = deque()
     stalled = False
+    troubled_since: float | None = None
+    told_of_trouble = False
+    run = secrets.token_hex(8)  # with the batch's number, the key of each batch's send
+
+    def trouble() -> None:
+        """Redis failed us just now: wait a little, saying so once if it lasts."""
+        nonlocal troubled_since, told_of_trouble
+        now = time.monotonic()
+        troubled_since = troubled_since or now
+        if not told_of_trouble and now - troubled_since >= STALL_SECONDS:
+            told_of_trouble = True
+            on_redis_trouble(STALL_SECONDS)
+        time.sleep(REDIS_PAUSE_SECONDS)
+
+    def enqueue(contacts: list[Any], key: str) -> str:
+        """The batch's job id, once Redis (and its replicas, if asked) have it."""
+        nonlocal troubled_since
+        while True:
+            try:
+                job_id = producer.enqueue_batch(
+                    user_id, contacts, upsert=upsert, idempotency_key=key
+                )
+            except JobsShed:  # the queue is full: let workers catch up, then send again
+                if wait and in_flight:
+                    settle_oldest()
+                else:
+                    time.sleep(SHED_PAUSE_SECONDS)
+                continue
+            except (NotReplicated, redis.ConnectionError, redis.TimeoutError):
+                trouble()  # queued or not: sent again under its key, it is one job
+                continue
+            troubled_since = None
+            return job_id
 
     def settle_oldest() -> None:
-        nonlocal stalled
+        nonlocal stalled, troubled_since
         sent = in_flight.popleft()
         since = time.monotonic()
         while True:
-            status = producer.status(sent.job_id, user_id)
-            if status is not None and status["status"] in ("succeeded", "failed"):
+            try:
+                status = producer.status(sent.job_id, user_id)
+            except (redis.ConnectionError, redis.TimeoutError):
+                trouble()
+                continue
+            troubled_since = None
+            if status is None:  # known nowhere: lost with a Redis master that failed
+                sent.job_id = enqueue(sent.contacts, sent.key)
+                continue
+            if status["status"] in ("succeeded", "failed"):
                 break
             waited = time.monotonic() - since
-            if not stalled and waited >= STALL_SECONDS and status and status["status"] == "queued":
+            if not stalled and waited >= STALL_SECONDS and status["status"] == "queued":
                 stalled = True
                 on_stall(STALL_SECONDS)
             time.sleep(poll_seconds)
         _count(summary, sent, status)
         on_progress(summary)
 
+    batches = 0
+
     def send(rows: list[tuple[int, Any]]) -> None:
+        nonlocal batches
         if wait and len(in_flight) >= window:
             settle_oldest()
-        while True:
-            try:
-                job_id = producer.enqueue_batch(user_id, [row for _, row in rows], upsert=upsert)
-                break
-            except JobsShed:  # the queue is full: let workers catch up, then send again
-                if wait and in_flight:
-                    settle_oldest()
-                else:
-                    time.sleep(SHED_PAUSE_SECONDS)
+        batches += 1
+        key = f"import:{run}:{batches}"
+        contacts = [row for _, row in rows]
+        job_id = enqueue(contacts, key)
         on_sent(job_id)
         if wait:
-            in_flight.append(_Sent(job_id, tuple(line for line, _ in rows)))
+            in_flight.append(_Sent(job_id, tuple(line for line, _ in rows), contacts, key))
         summary.accepted += len(rows)
 
     with path.open(newline="", encoding="utf-8") as handle:

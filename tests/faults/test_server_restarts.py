@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import CLI
 from tests.faults.conftest import Scenario, wait_until
 from tests.faults.load import audit_allowing_unanswered, loaded_service
 
@@ -56,3 +59,37 @@ def test_redis_killed_and_restarted_from_its_append_only_file_loses_no_accepted_
     # the restart (a retry with the same Idempotency-Key answers that job). Nothing
     # started after the kill may exist.
     audit_allowing_unanswered(scenario, load, accepted, lambda a: a.started < down_since)
+
+
+def test_an_import_rides_out_redis_killed_and_restarted_and_writes_each_row_once(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    rows = 50_000
+    path = tmp_path / "contacts.jsonl"
+    path.write_text("".join(f'{{"email": "row{i}@example.com"}}\n' for i in range(rows)))
+    scenario.worker("w")
+    importer = subprocess.Popen(
+        [CLI, "import", str(path), "--user", scenario.user],
+        env=scenario.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: len(scenario.contacts()) > 0, "the import wrote nothing")
+        scenario.servers.redis.kill()
+        assert importer.poll() is None, "the import ended before Redis was killed"
+        time.sleep(2)
+        scenario.servers.redis.start()
+        out, err = importer.communicate(timeout=300)
+    finally:
+        importer.kill()
+    assert importer.returncode == 0, err
+    assert out.splitlines() == [
+        f"accepted {rows:>12,}",
+        f"created  {rows:>12,}",
+        "updated             0",
+        "failed              0",
+    ]
+    stored = scenario.contacts()
+    assert {email: row["version"] for email, row in stored.items()} == {
+        f"row{i}@example.com": 1 for i in range(rows)
+    }
+    wait_until(lambda: scenario.in_flight() == 0, "messages still in flight after the import")
