@@ -17,7 +17,11 @@ def from_settings(settings: Settings) -> dict[str, Any]:
     # Under Sentinel the broker's connections go to the master it names (its URL keeps
     # only its credentials and database).
     sentinel = (
-        {"sentinels": settings.sentinel_addresses, "master_name": settings.redis_sentinel_master}
+        {
+            "sentinels": settings.sentinel_addresses,
+            "master_name": settings.redis_sentinel_master,
+            "sentinel_auth": settings.sentinel_auth,
+        }
         if settings.sentinel_addresses
         else {}
     )

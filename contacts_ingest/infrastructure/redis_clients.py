@@ -6,12 +6,14 @@ With ``REDIS_SENTINELS`` a client asks the sentinels for the current master of
 that died fails (ConnectionError), and the next one finds the master Sentinel
 promoted, without a restart. A connection to a former master that became a replica
 fails the same way (redis-py turns its READONLY into a ConnectionError). The URL's
-credentials, database and options still apply; its host and port do not.
+credentials, database and options still apply; its host and port do not. Sentinels
+that ask for credentials of their own get ``REDIS_SENTINEL_USERNAME`` and
+``REDIS_SENTINEL_PASSWORD``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -32,19 +34,29 @@ def redis_client(settings: Settings, url: str | None = None, **options: Any) -> 
     if not settings.sentinel_addresses:
         return redis.Redis.from_url(url, **options)
     connection = {**parse_url(url), **options}  # type: ignore[no-untyped-call]
-    pool = master_pool(settings.sentinel_addresses, settings.redis_sentinel_master, connection)
+    pool = master_pool(
+        settings.sentinel_addresses,
+        settings.redis_sentinel_master,
+        connection,
+        sentinel_auth=settings.sentinel_auth,
+    )
     return redis.Redis(connection_pool=pool)
 
 
 def master_pool(
-    sentinels: Sequence[tuple[str, int]], master: str, connection: dict[str, Any]
+    sentinels: Sequence[tuple[str, int]],
+    master: str,
+    connection: dict[str, Any],
+    *,
+    sentinel_auth: Mapping[str, str] | None = None,
 ) -> redis.ConnectionPool:
     """A connection pool whose connections go to the current master named ``master`` by
     ``sentinels`` ((host, port) pairs), asked each time one connects.
 
     ``connection`` holds redis-py's connection options (credentials, ``db``, timeouts,
     a ``connection_class`` deriving from SentinelManagedConnection); a host, a port or
-    a Unix socket path in it is ignored.
+    a Unix socket path in it is ignored. ``sentinel_auth`` (``username``,
+    ``password``) logs in to the sentinels themselves.
     """
     options = {k: v for k, v in connection.items() if k not in ("host", "port", "path")}
     kind = options.get("connection_class")
@@ -56,7 +68,11 @@ def master_pool(
     timeout = options.get("socket_connect_timeout") or SENTINEL_TIMEOUT_SECONDS
     manager = Sentinel(  # type: ignore[no-untyped-call]
         list(sentinels),
-        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+        sentinel_kwargs={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            **(sentinel_auth or {}),
+        },
     )
     client: redis.Redis = manager.master_for(master, **options)  # type: ignore[no-untyped-call]
     return client.connection_pool

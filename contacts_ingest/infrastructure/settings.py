@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     # credentials and database still are).
     redis_sentinels: str = ""
     redis_sentinel_master: str = ""
+    # The sentinels' own credentials (their requirepass, or an ACL user), if they ask
+    # for any; the master's come from the URL.
+    redis_sentinel_username: str = ""
+    redis_sentinel_password: str = ""
     # Replicas an admission must reach (Redis WAIT) before its 202; 0: do not wait.
     redis_min_replicas_ack: int = Field(default=0, ge=0, le=16)
     # How long the gateway waits for them, in milliseconds; then 503.
@@ -209,6 +213,12 @@ class Settings(BaseSettings):
     def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
         """The sentinels as (host, port) pairs; empty without REDIS_SENTINELS."""
         return parse_sentinels(self.redis_sentinels)
+
+    @property
+    def sentinel_auth(self) -> dict[str, str]:
+        """What to log in to the sentinels with: redis-py's ``username``/``password``."""
+        auth = {"username": self.redis_sentinel_username, "password": self.redis_sentinel_password}
+        return {name: value for name, value in auth.items() if value}
 
     @cached_property
     def broker_url(self) -> str:

@@ -429,21 +429,27 @@ class SentinelChannel(Channel):
     kombu's own Sentinel transport reads the sentinels from a ``sentinel://`` URL; this
     one takes them, with the master's name, from the ``sentinels`` and ``master_name``
     transport options (celeryconfig.py fills them in from REDIS_SENTINELS and
-    REDIS_SENTINEL_MASTER), so the broker URL keeps its credentials and database.
+    REDIS_SENTINEL_MASTER; ``sentinel_auth`` from REDIS_SENTINEL_USERNAME and
+    REDIS_SENTINEL_PASSWORD), so the broker URL keeps its credentials and database.
     """
 
-    from_transport_options = (*Channel.from_transport_options, "sentinels", "master_name")  # type: ignore[assignment]
+    from_transport_options = (  # type: ignore[assignment]
+        *Channel.from_transport_options, "sentinels", "master_name", "sentinel_auth",
+    )  # fmt: skip
     connection_class = SentinelManagedConnection  # type: ignore[assignment]
     connection_class_ssl = SentinelManagedSSLConnection  # type: ignore[assignment]
     sentinels: tuple[tuple[str, int], ...] = ()
     master_name = ""
+    sentinel_auth: dict[str, str] = {}  # noqa: RUF012 (kombu sets it per channel)
 
     def _get_pool(self, asynchronous: bool = False) -> Any:
         # kombu's connection options (its polling connection class included), for the
         # master that Sentinel names.
         params = self._connparams(asynchronous=asynchronous)
         self.keyprefix_fanout = self.keyprefix_fanout.format(db=params["db"])
-        return master_pool(self.sentinels, self.master_name, params)
+        return master_pool(
+            self.sentinels, self.master_name, params, sentinel_auth=self.sentinel_auth
+        )
 
 
 class SentinelTransport(Transport):

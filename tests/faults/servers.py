@@ -151,6 +151,7 @@ class PrivateSentinel:
         quorum: int = 2,
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 5000,
+        password: str | None = None,
     ) -> None:
         self.binaries = binaries
         self.dir = data_dir.resolve()
@@ -164,7 +165,9 @@ class PrivateSentinel:
             f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
             f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
             f"sentinel parallel-syncs {name} 1\n"
+            + (f"requirepass {password}\n" if password else "")
         )
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> None:
@@ -173,7 +176,7 @@ class PrivateSentinel:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_timeout=2)
+        client = redis.Redis(port=self.port, socket_timeout=2, password=self.password)
         deadline = time.monotonic() + timeout
         while True:
             try:

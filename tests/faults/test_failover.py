@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+import requests
 from sqlalchemy import text
 
 from contacts_ingest.infrastructure.database import make_engine
@@ -24,7 +25,7 @@ from contacts_ingest.infrastructure.redis_clients import redis_client
 from contacts_ingest.jobs.board import JobBoard, NotReplicated
 from contacts_ingest.jobs.job import ContactJob, new_job_id
 from tests.conftest import unique
-from tests.e2e.conftest import create_key
+from tests.e2e.conftest import create_key, wait_final
 from tests.faults.conftest import Scenario, Servers, binaries, wait_until
 from tests.faults.load import SteadyLoad, audit_allowing_unanswered
 from tests.faults.servers import PrivatePostgres, PrivateRedis, PrivateSentinel, temp_root
@@ -334,6 +335,56 @@ def test_the_primary_killed_and_its_synchronous_standby_promoted_fail_and_lose_n
     finally:
         scenario.stop_all()
         engine.dispose()
+
+
+def test_sentinels_that_ask_for_a_password_are_given_it_by_every_process(
+    servers: Servers,
+) -> None:
+    root = temp_root()
+    master = PrivateRedis(binaries()[1], root, name="master")
+    master.start()
+    sentinel = PrivateSentinel(
+        binaries()[1], root / "sentinel", name=MASTER_NAME, master_port=master.port, quorum=1,
+        password="sentinel-secret",
+    )  # fmt: skip
+    sentinel.start()
+    addresses = f"127.0.0.1:{sentinel.port}"
+    settings = servers.settings.model_copy(
+        update={
+            "redis_url": "redis://127.0.0.1:1/0",
+            "redis_sentinels": addresses,
+            "redis_sentinel_master": MASTER_NAME,
+            "redis_sentinel_password": "sentinel-secret",
+            "celery_queue": unique("guarded"),
+        }
+    )
+    scenario = Scenario.on(
+        replace(servers, redis=master, settings=settings),
+        settings,
+        redis_client(settings),
+        REDIS_SENTINELS=addresses,
+        REDIS_SENTINEL_MASTER=MASTER_NAME,
+        REDIS_SENTINEL_PASSWORD="sentinel-secret",
+    )
+    try:
+        # The sentinel refuses a client without the password: it finds no master.
+        with pytest.raises(redis.ConnectionError):
+            redis_client(settings.model_copy(update={"redis_sentinel_password": ""})).ping()
+        scenario.worker("w")  # its broker connections ask the sentinel too
+        _, base = scenario.gateway()
+        auth = {"Authorization": f"Bearer {create_key(scenario.env, scenario.user)}"}
+        answer = requests.post(
+            f"{base}/io/contacts/contacts", json={"email": "guarded@example.com"}, headers=auth,
+            timeout=10,
+        )  # fmt: skip
+        assert answer.status_code == 202, answer.text
+        final = wait_final(base, auth, answer.json()["data"]["job_id"])
+        assert final["result"]["code"] == 201
+    finally:
+        scenario.stop_all()
+        sentinel.stop()
+        master.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("min_replicas_ack", [0, 1])

@@ -79,3 +79,21 @@ def test_under_sentinel_the_broker_is_the_sentinel_aware_inbox_transport() -> No
     plain = celeryconfig.from_settings(Settings())
     assert plain["broker_transport"] == "contacts_ingest.infrastructure.transport:Transport"
     assert "sentinels" not in plain["broker_transport_options"]
+
+
+def test_sentinels_that_ask_for_credentials_are_given_them_and_the_master_its_own() -> None:
+    settings = under_sentinel(redis_url="redis://:master-pw@ignored.example:1/0").model_copy(
+        update={"redis_sentinel_username": "watcher", "redis_sentinel_password": "sentinel-pw"}
+    )
+    pool = redis_client(settings).connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.connection_kwargs["password"] == "master-pw"
+    sentinels = [c.connection_pool.connection_kwargs for c in pool.sentinel_manager.sentinels]
+    assert {(s["username"], s["password"]) for s in sentinels} == {("watcher", "sentinel-pw")}
+    broker = celeryconfig.from_settings(settings)["broker_transport_options"]
+    assert broker["sentinel_auth"] == {"username": "watcher", "password": "sentinel-pw"}
+    # Without them the sentinels are asked as before, with no credentials.
+    plain = redis_client(under_sentinel()).connection_pool
+    assert isinstance(plain, SentinelConnectionPool)
+    kwargs = plain.sentinel_manager.sentinels[0].connection_pool.connection_kwargs
+    assert kwargs.get("password") is None
