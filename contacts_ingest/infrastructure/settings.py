@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-from functools import cached_property
 from typing import Literal
 from urllib.parse import quote
 
@@ -199,17 +198,17 @@ class Settings(BaseSettings):
         parse_origins(value)
         return value
 
-    @cached_property
+    @property
     def respond_default_wait(self) -> int:
         """Seconds a write waits for its outcome when its key has no mode (0: async)."""
         return parse_respond_mode(self.respond_default)
 
-    @cached_property
+    @property
     def callback_origins(self) -> frozenset[str]:
         """The origins callbacks may go to (empty: callbacks are off)."""
         return parse_origins(self.callback_allowed_hosts)
 
-    @cached_property
+    @property
     def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
         """The sentinels as (host, port) pairs; empty without REDIS_SENTINELS."""
         return parse_sentinels(self.redis_sentinels)
@@ -220,18 +219,18 @@ class Settings(BaseSettings):
         auth = {"username": self.redis_sentinel_username, "password": self.redis_sentinel_password}
         return {name: value for name, value in auth.items() if value}
 
-    @cached_property
+    @property
     def broker_url(self) -> str:
         return self.celery_broker_url or self.redis_url
 
-    @cached_property
+    @property
     def batch_rate_limit_message(self) -> str:
         return (
             f"Too many requests \N{EM DASH} {self.batch_rate_limit_requests} batches per user "
             f"per {self.batch_rate_limit_window_seconds} seconds"
         )
 
-    @cached_property
+    @property
     def rate_limit_message(self) -> str:
         return (
             f"Too many requests \N{EM DASH} {self.rate_limit_writes} writes per user "
