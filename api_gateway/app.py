@@ -35,7 +35,7 @@ from api_gateway.resources import (
 from api_gateway.throttle import FailureThrottle
 from api_gateway.waiting import CompletionListener, JobWaiter, WaitSlots
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import JobBoard, NotReplicated, ShedReason
+from contacts_ingest.jobs.board import AdmissionRefusal, JobBoard, NotReplicated
 from contacts_ingest.jobs.messages import json_bytes
 from contacts_ingest.jobs.status import FinalJobLister, FinalJobReader
 from contacts_ingest.model.documents import Error
@@ -68,8 +68,9 @@ class GatewayDeps:
     webhooks: DeliveryVerifier
     # Wakes requests that asked to wait (Prefer: wait=N); None answers them 202 at once.
     completions: CompletionListener | None = None
-    # Why new jobs are shed right now (queue full, Redis out of memory), or None.
-    shedding: Callable[[], ShedReason | None] = lambda: None
+    # Why new jobs are refused right now (queue full, Redis out of memory, too few
+    # replicas), or None.
+    shedding: Callable[[], AdmissionRefusal | None] = lambda: None
 
 
 def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:

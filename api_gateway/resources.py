@@ -23,7 +23,7 @@ from contacts_ingest.access.keys import KeyHolder
 from contacts_ingest.access.webhooks import WebhookEndpoint, WebhookRejected
 from contacts_ingest.infrastructure.metrics import ENQUEUE_FAILURES, RATE_LIMITED, SHED, scrape
 from contacts_ingest.infrastructure.settings import Settings
-from contacts_ingest.jobs.board import Idempotency, JobBoard, ShedReason
+from contacts_ingest.jobs.board import AdmissionRefusal, Idempotency, JobBoard
 from contacts_ingest.jobs.callbacks import CallbackRoute
 from contacts_ingest.jobs.job import ContactJob, Operation, new_job_id
 from contacts_ingest.jobs.status import (
@@ -621,11 +621,11 @@ class OpenApiResource:
 class ReadyResource:
     """GET /readyz: Redis and PostgreSQL answer; 503 naming the ones that do not.
 
-    It also says whether new jobs are being shed (``admission``: "ok", "queue full" or
-    "out of memory"; ``status``: "shedding"), still with 200: a shedding gateway
-    answers at once, replays and job reads included, and every gateway sheds alike
-    (they share one Redis), so taking them out of a load balancer would only turn its
-    503s into refused connections.
+    It also says whether new jobs are being refused (``admission``: "ok", "queue
+    full", "out of memory" or "too few replicas"; ``status``: "shedding"), still with
+    200: such a gateway answers at once, replays and job reads included, and every
+    gateway refuses alike (they share one Redis), so taking them out of a load
+    balancer would only turn its 503s into refused connections.
     """
 
     public = True
@@ -633,7 +633,7 @@ class ReadyResource:
     def __init__(
         self,
         checks: Mapping[str, Callable[[], Any]],
-        shedding: Callable[[], ShedReason | None],
+        shedding: Callable[[], AdmissionRefusal | None],
     ) -> None:
         self._checks = checks
         self._shedding = shedding
@@ -648,7 +648,7 @@ class ReadyResource:
                 log.warning("readiness check %s failed: %s", name, type(exc).__name__)
                 results[name] = "unavailable"
         ready = all(v == "ok" for v in results.values())
-        admission: ShedReason | Literal["ok", "unavailable"]
+        admission: AdmissionRefusal | Literal["ok", "unavailable"]
         try:
             admission = self._shedding() or "ok"
         except Exception as exc:

@@ -41,6 +41,10 @@ Position = tuple[int, str]
 IdempotencyVerdict = Literal["new", "replay", "reused"]
 # Why a new job was shed: the queue holds MAX_QUEUED_JOBS, or Redis is over maxmemory.
 ShedReason = Literal["queue full", "out of memory"]
+# Why new jobs would be refused right now (readiness): shed, or, with
+# REDIS_MIN_REPLICAS_ACK, fewer replicas connected than it asks for (each new job then
+# waits for them in vain and is answered 503).
+AdmissionRefusal = ShedReason | Literal["too few replicas"]
 
 
 class JobsShed(Exception):
@@ -260,18 +264,23 @@ class JobBoard:
             raise NotReplicated(admitted, self._min_replicas, acknowledged)
         return answer
 
-    def shedding(self) -> ShedReason | None:
-        """Why new jobs would be shed right now, or None (for readiness probes: two reads)."""
+    def shedding(self) -> AdmissionRefusal | None:
+        """Why new jobs would be refused right now, or None (for readiness probes: one
+        round trip)."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.llen(self._messages.queue_key)
         pipe.info("memory")
-        queued, memory = pipe.execute()
+        if self._min_replicas:
+            pipe.info("replication")
+        queued, memory, *replication = pipe.execute()
         if self._max_queued and queued >= self._max_queued:
             return "queue full"
         # What Redis compares with maxmemory (it leaves its AOF and replica buffers out).
         used = int(memory.get("used_memory", 0)) - int(memory.get("mem_not_counted_for_evict", 0))
         if 0 < int(memory.get("maxmemory", 0)) < used:
             return "out of memory"
+        if replication and int(replication[0].get("connected_slaves", 0)) < self._min_replicas:
+            return "too few replicas"
         return None
 
     def requeue(

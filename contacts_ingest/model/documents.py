@@ -188,8 +188,8 @@ class Readiness(TypedDict):
     status: Literal["ready", "shedding", "unavailable"]
     checks: dict[str, Literal["ok", "unavailable"]]
     admission: Annotated[
-        Literal["ok", "queue full", "out of memory", "unavailable"],
-        Field(description="Whether new jobs are admitted, or shed (503) and why."),
+        Literal["ok", "queue full", "out of memory", "too few replicas", "unavailable"],
+        Field(description="Whether new jobs are admitted, or refused (503) and why."),
     ]
 
 

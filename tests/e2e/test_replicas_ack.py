@@ -51,3 +51,15 @@ def test_an_admission_no_replica_confirmed_is_a_503_and_its_retry_is_the_same_jo
         f"{wanting_a_replica}/io/contacts/contacts", json=body, headers=headers, timeout=10
     )
     assert (again.status_code, again.json()) == (503, {"error": NOT_REPLICATED_MESSAGE})
+
+
+def test_readyz_says_new_jobs_are_refused_while_too_few_replicas_are_connected(
+    service: Service, wanting_a_replica: str
+) -> None:
+    wanting = requests.get(f"{wanting_a_replica}/readyz", timeout=10)
+    assert wanting.status_code == 200  # job reads and replays are still answered
+    assert wanting.json()["admission"] == "too few replicas"
+    assert wanting.json()["status"] == "shedding"
+    # The gateway that asks for no replica admits as before.
+    plain = requests.get(f"{service.base}/readyz", timeout=10).json()
+    assert (plain["status"], plain["admission"]) == ("ready", "ok")
