@@ -513,7 +513,7 @@ def import_contacts(
         summary = import_file(
             file, kind, producer, user_id, upsert=upsert, wait=False,
             on_progress=lambda summary: None, on_sent=sent,
-            on_redis_trouble=lambda seconds: click.echo(_redis_trouble(seconds), err=True),
+            on_unreachable=lambda seconds: click.echo(_unreachable(seconds), err=True),
         )  # fmt: skip
         click.echo(
             f"enqueued {summary.accepted - summary.failed:,} rows in {len(jobs):,} batch jobs;"
@@ -526,9 +526,9 @@ def import_contacts(
     _import_and_wait(file, kind, producer, user_id, upsert)
 
 
-def _redis_trouble(seconds: float) -> str:
+def _unreachable(seconds: float) -> str:
     return (
-        f"Redis has not taken a batch for {seconds:.0f} s (unreachable, or fewer replicas"
+        f"Redis or PostgreSQL has not answered for {seconds:.0f} s (or fewer Redis replicas"
         " confirm than REDIS_MIN_REPLICAS_ACK asks); still trying, each batch stays one job"
     )
 
@@ -559,7 +559,7 @@ def _import_and_wait(
 
         summary = import_file(
             file, kind, producer, user_id, upsert=upsert, on_progress=progress, on_stall=stalled,
-            on_redis_trouble=lambda seconds: tqdm.write(_redis_trouble(seconds), file=sys.stderr),
+            on_unreachable=lambda seconds: tqdm.write(_unreachable(seconds), file=sys.stderr),
         )  # fmt: skip
     rows = [
         ("accepted", summary.accepted),

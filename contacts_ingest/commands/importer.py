@@ -8,8 +8,10 @@ the file line of each of its rows, so errors are reported with their line number
 
 Each batch is sent under an idempotency key of its own, so the importer rides out a
 Redis that is unreachable or fails over: a send that raised is sent again under the
-same key (answered with the batch's job if it had been queued), and a batch whose job
-is known nowhere any more (lost with a failed Redis master) is sent again.
+same key (answered with the batch's job if it had been queued), and status reads that
+fail are read again. A batch whose job stays known nowhere (lost with a failed Redis
+master, or pruned before it was read) is never sent again, since a worker may still
+hold it: it is counted failed, its outcome unknown, and the import goes on.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import redis
+import sqlalchemy.exc
+from redis.exceptions import AuthenticationError, AuthorizationError
 
 from contacts_ingest.jobs.board import JobsShed, NotReplicated
 from contacts_ingest.model.contact import BATCH_MAX_CONTACTS
@@ -38,8 +42,19 @@ STALL_SECONDS = 10.0
 NOT_JSON_MESSAGE = "body: Request body must be valid JSON"
 # How long the importer waits before sending again a batch that was shed.
 SHED_PAUSE_SECONDS = 1.0
-# How long it waits before trying Redis again after an error or an unconfirmed send.
-REDIS_PAUSE_SECONDS = 0.5
+# How long it waits before trying again after an error or an unconfirmed send.
+RETRY_PAUSE_SECONDS = 0.5
+# How long a batch's job may be known nowhere before its outcome is given up as unknown
+# (a worker that took it from a master that died may still be writing it).
+LOST_SECONDS = 60.0
+LOST_MESSAGE = (
+    "batch job {job_id} was lost (a failed Redis master, or pruned before it was read):"
+    " its rows may or may not have been written; import them again with --upsert"
+)
+# What a send or a status read retries; bad credentials (subclasses of ConnectionError
+# in redis-py) are raised at once.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, sqlalchemy.exc.OperationalError,
+             sqlalchemy.exc.InterfaceError)  # fmt: skip
 
 
 @dataclass
@@ -62,12 +77,10 @@ class Summary:
         del self.first_errors[FIRST_ERRORS:]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Sent:
     job_id: str
     lines: tuple[int, ...]  # the file line of each row (a CSV row may span lines)
-    contacts: list[Any]  # kept to send again if the job is lost with a Redis master
-    key: str
 
 
 def format_of(path: Path, given: str | None) -> Format:
@@ -132,7 +145,7 @@ def import_file(
     on_progress: Callable[[Summary], None],
     on_stall: Callable[[float], None] = lambda seconds: None,
     on_sent: Callable[[str], None] = lambda job_id: None,
-    on_redis_trouble: Callable[[float], None] = lambda seconds: None,
+    on_unreachable: Callable[[float], None] = lambda seconds: None,
     wait: bool = True,
     window: int = 8,
     batch_size: int = BATCH_MAX_CONTACTS,
@@ -143,9 +156,9 @@ def import_file(
     ``on_sent`` gets each batch's job id as it is enqueued. Without ``wait``, nothing
     is awaited: the summary then counts only what was sent and what never could be.
     ``on_stall`` is called once, with ``STALL_SECONDS``, if the oldest batch stays
-    queued that long (no worker is taking jobs); ``on_redis_trouble`` once, with
-    ``STALL_SECONDS``, if Redis stays unreachable (or its replicas do not confirm a
-    batch, with ``REDIS_MIN_REPLICAS_ACK``) that long. The importer keeps trying.
+    queued that long (no worker is taking jobs); ``on_unreachable`` once, with
+    ``STALL_SECONDS``, if Redis or PostgreSQL stays unreachable (or Redis's replicas do
+    not confirm a batch, with ``REDIS_MIN_REPLICAS_ACK``) that long. It keeps trying.
     """
     summary = Summary()
     in_flight: deque[_Sent] = deque()
@@ -154,15 +167,17 @@ def import_file(
     told_of_trouble = False
     run = secrets.token_hex(8)  # with the batch's number, the key of each batch's send
 
-    def trouble() -> None:
-        """Redis failed us just now: wait a little, saying so once if it lasts."""
+    def trouble(error: Exception) -> None:
+        """A server failed us just now: wait a little, saying so once if it lasts."""
         nonlocal troubled_since, told_of_trouble
+        if isinstance(error, (AuthenticationError, AuthorizationError)):
+            raise error  # no retry logs in with other credentials
         now = time.monotonic()
         troubled_since = troubled_since or now
         if not told_of_trouble and now - troubled_since >= STALL_SECONDS:
             told_of_trouble = True
-            on_redis_trouble(STALL_SECONDS)
-        time.sleep(REDIS_PAUSE_SECONDS)
+            on_unreachable(STALL_SECONDS)
+        time.sleep(RETRY_PAUSE_SECONDS)
 
     def enqueue(contacts: list[Any], key: str) -> str:
         """The batch's job id, once Redis (and its replicas, if asked) have it."""
@@ -178,8 +193,8 @@ def import_file(
                 else:
                     time.sleep(SHED_PAUSE_SECONDS)
                 continue
-            except (NotReplicated, redis.ConnectionError, redis.TimeoutError):
-                trouble()  # queued or not: sent again under its key, it is one job
+            except (NotReplicated, *TRANSIENT) as error:
+                trouble(error)  # queued or not: sent again under its key, it is one job
                 continue
             troubled_since = None
             return job_id
@@ -188,20 +203,28 @@ def import_file(
         nonlocal stalled, troubled_since
         sent = in_flight.popleft()
         since = time.monotonic()
+        lost_since: float | None = None
         while True:
             try:
                 status = producer.status(sent.job_id, user_id)
-            except (redis.ConnectionError, redis.TimeoutError):
-                trouble()
+            except TRANSIENT as error:
+                trouble(error)
                 continue
             troubled_since = None
-            if status is None:  # known nowhere: lost with a Redis master that failed
-                sent.job_id = enqueue(sent.contacts, sent.key)
+            now = time.monotonic()
+            if status is None:  # known nowhere, for now
+                lost_since = lost_since or now
+                if now - lost_since >= LOST_SECONDS:
+                    summary.failed += len(sent.lines)
+                    summary.note_error(sent.lines[0], LOST_MESSAGE.format(job_id=sent.job_id))
+                    on_progress(summary)
+                    return
+                time.sleep(max(poll_seconds, RETRY_PAUSE_SECONDS))
                 continue
+            lost_since = None
             if status["status"] in ("succeeded", "failed"):
                 break
-            waited = time.monotonic() - since
-            if not stalled and waited >= STALL_SECONDS and status["status"] == "queued":
+            if not stalled and now - since >= STALL_SECONDS and status["status"] == "queued":
                 stalled = True
                 on_stall(STALL_SECONDS)
             time.sleep(poll_seconds)
@@ -220,7 +243,7 @@ def import_file(
         job_id = enqueue(contacts, key)
         on_sent(job_id)
         if wait:
-            in_flight.append(_Sent(job_id, tuple(line for line, _ in rows), contacts, key))
+            in_flight.append(_Sent(job_id, tuple(line for line, _ in rows)))
         summary.accepted += len(rows)
 
     with path.open(newline="", encoding="utf-8") as handle:
