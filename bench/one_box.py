@@ -58,7 +58,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
         (
             "one box: gateway and worker on the same cores, at saturation (32 connections)",
             f"accepted {box['accepted_per_s']:,.0f}/s; drained {box['drained_per_s']:,.0f}"
-            f" jobs/s ({box['finished']:,} of {box['accepted']:,} final,"
+            f" jobs/s ({box['finished']:,} jobs final for the {box['accepted']:,} 202s wrk read,"
             f" {box['drain_seconds']} s from first acceptance to last final status)",
             f"gateway floor (no worker): {floor:,.0f}/s; drained/floor"
             f" {ratio(box['drained_per_s'], floor)}",
