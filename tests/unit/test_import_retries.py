@@ -147,7 +147,10 @@ def test_a_job_lost_with_the_redis_master_is_never_sent_again_and_counted_unknow
     assert troubles == []
 
 
-def test_a_lost_job_a_worker_still_holds_is_awaited_and_written_once(jsonl: Path) -> None:
+def test_a_lost_job_a_worker_still_holds_is_awaited_and_written_once(
+    jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importer, "LOST_SECONDS", 30)  # ends as soon as the job is final
     producer = FlakyRedisProducer()
     producer.lose_next_job = True
     producer.held_for = 3  # known nowhere for two reads, then final
