@@ -21,10 +21,9 @@ import pytest
 import redis
 import requests
 
-from contacts_ingest.jobs.board import JobBoard, JobsShed
-from contacts_ingest.producer import ContactProducer
+from contacts_ingest.jobs.board import JobsShed
 from tests.conftest import unique
-from tests.e2e.conftest import CLI, create_key, service_env
+from tests.e2e.conftest import CLI, create_key
 from tests.faults.conftest import Scenario, Servers, binaries, wait_until
 from tests.faults.servers import PrivateRedis, temp_root
 
@@ -58,20 +57,13 @@ def shedding_scenario(
     settings = servers.settings.model_copy(
         update={"redis_url": small_redis.url, "celery_queue": queue, "max_queued_jobs": max_queued}
     )
-    return Scenario(
-        servers=servers,
-        queue=queue,
-        user=unique("user"),
-        env=service_env(
-            settings,
-            CELERY_VISIBILITY_TIMEOUT="3",
-            RATE_LIMIT_WRITES="1000000",
-            RATE_LIMIT_WINDOW_SECONDS="3600",
-            MAX_QUEUED_JOBS=str(max_queued),
-        ),
-        producer=ContactProducer(settings),
-        board=JobBoard.for_settings(client, settings),
-        redis=client,
+    return Scenario.on(
+        servers,
+        settings,
+        client,
+        RATE_LIMIT_WRITES="1000000",
+        RATE_LIMIT_WINDOW_SECONDS="3600",
+        MAX_QUEUED_JOBS=str(max_queued),
     )
 
 
