@@ -90,28 +90,21 @@ class RedisScript:
         them, an earlier request's that this one repeats included.
         """
         script = self._registered()
+
+        def then_wait() -> tuple[Any, int]:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.publish(probe, b"")
+            pipe.wait(replicas, timeout_ms)
+            reply, _, acknowledged = pipe.execute()
+            return reply, int(acknowledged)
+
         try:
-            return self._then_wait(script, keys, args, replicas, timeout_ms, probe)
+            return then_wait()
         except redis.exceptions.NoScriptError:
             # The server does not know it (a promoted replica): it ran nothing.
             script.sha = self._client.script_load(script.script)
-            return self._then_wait(script, keys, args, replicas, timeout_ms, probe)
-
-    def _then_wait(
-        self,
-        script: Any,
-        keys: Sequence[Any],
-        args: Sequence[Any],
-        replicas: int,
-        timeout_ms: int,
-        probe: str,
-    ) -> tuple[Any, int]:
-        pipe = self._client.pipeline(transaction=False)
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-        pipe.publish(probe, b"")
-        pipe.wait(replicas, timeout_ms)
-        reply, _, acknowledged = pipe.execute()
-        return reply, int(acknowledged)
+            return then_wait()
 
     def _registered(self) -> Any:
         if self._script is None:
